@@ -1,0 +1,78 @@
+"""`log_history` (trainer_state.json), TensorBoard scalars and plain log lines, every N steps.
+
+Each entry's loss is the mean training loss over the optimizer steps since the previous entry,
+so the curve is the same whether or not the process restarted in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+
+from lit_continual.status import Status
+
+log = logging.getLogger("lit_continual")
+
+
+class LossHistory(L.Callback):
+    """Owns the loss curve; its state (history + the partial window) is in every checkpoint."""
+
+    def __init__(self, every_n_steps: int, max_entries: int, status: Status) -> None:
+        self.every_n_steps = every_n_steps
+        self.max_entries = max_entries
+        self.status = status
+        self.log_history: list[dict] = []
+        self._restored_sum = 0.0  # partial-window loss carried over from a checkpoint
+        self._steps = 0
+        self._lr = 0.0
+        self._module: L.LightningModule | None = None
+        self._tokens = 0
+        self._clock = time.monotonic()
+        self._clock_steps = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._module = pl_module
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._lr = optimizer.param_groups[0]["lr"]  # the LR this step actually uses
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += batch["meta"]["tokens"]
+        if not batch["meta"]["window_end"]:
+            return
+        self._steps += 1
+        self._clock_steps += 1
+        if trainer.global_step % self.every_n_steps == 0:
+            self._append(trainer, pl_module)
+
+    def _append(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        loss = (float(pl_module.loss_sum) + self._restored_sum) / max(self._steps, 1)
+        pl_module.loss_sum.zero_()
+        self._restored_sum, self._steps = 0.0, 0
+        entry = {"step": step, "loss": round(loss, 6), "learning_rate": self._lr}
+        self.log_history.append(entry)
+        del self.log_history[: -self.max_entries]
+        elapsed = max(time.monotonic() - self._clock, 1e-9)
+        tokens_per_s, steps_per_s = self._tokens / elapsed, self._clock_steps / elapsed
+        self._tokens, self._clock_steps, self._clock = 0, 0, time.monotonic()
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"train/loss": loss, "train/learning_rate": self._lr,
+                                        "train/tokens_per_second": tokens_per_s}, step=step)
+        self.status.update(loss=entry["loss"], learning_rate=self._lr,
+                           tokens_per_second=round(tokens_per_s, 1))
+        fields = self.status.fields
+        log.info("step %d/%d file=%s loss=%.4f lr=%.3e tokens/s=%.0f steps/s=%.2f", step,
+                 fields["total_steps"], fields["current_file"], loss, self._lr, tokens_per_s, steps_per_s)
+
+    def state_dict(self) -> dict:
+        partial = self._restored_sum + (float(self._module.loss_sum) if self._module is not None else 0.0)
+        return {"every_n_steps": self.every_n_steps, "log_history": list(self.log_history),
+                "pending": {"loss_sum": partial, "steps": self._steps}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.log_history = list(state_dict["log_history"])
+        self._restored_sum = float(state_dict["pending"]["loss_sum"])
+        self._steps = int(state_dict["pending"]["steps"])

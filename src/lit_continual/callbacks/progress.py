@@ -1,0 +1,42 @@
+"""A per-file progress bar (step within the file / total, loss, tokens/s) on a terminal."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lit_continual.status import Status
+
+
+class FileProgressBar(L.Callback):
+    """Only used when stderr is a terminal; otherwise the log lines tell the same story."""
+
+    def __init__(self, status: Status, effective_batch: int) -> None:
+        self.status, self.effective_batch = status, effective_batch
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
+                                 TimeRemainingColumn(), transient=False)
+        self.task = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.progress.start()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch["meta"]["first_of_file"]:
+            record = batch["meta"]["file"]
+            total = math.ceil(record.examples / self.effective_batch)
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(record.name, total=total, loss="-", tps="-",
+                                               completed=record.examples_trained // self.effective_batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.task is not None and batch["meta"]["window_end"]:
+            fields = self.status.fields
+            self.progress.update(self.task, advance=1, loss=fields["loss"] or "-",
+                                 tps=fields["tokens_per_second"] or "-")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.progress.stop()

@@ -1,0 +1,139 @@
+"""Hugging Face style checkpoint directories: `current_model/checkpoint-<global_step>/`.
+
+A Lightning checkpoint dict is split into files a user can read with stock tools:
+adapter_model.safetensors + adapter_config.json (PEFT), optimizer.pt, scheduler.pt,
+trainer_state.json (global_step, log_history), ledger.json (data position), run_state.pt
+(loop counters, RNG, callback state) and manifest.json (sizes and sha256, written last).
+Every .pt loads with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from lightning.fabric.plugins import CheckpointIO
+from peft import PeftConfig
+from safetensors.torch import load_file, save_file
+
+from lit_continual import atomic
+
+log = logging.getLogger("lit_continual")
+
+PREFIX = "checkpoint-"
+NAME = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER, OPTIMIZER, SCHEDULER = "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"
+TRAINER_STATE, LEDGER, RUN_STATE, MANIFEST = "trainer_state.json", "ledger.json", "run_state.pt", "manifest.json"
+REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE, LEDGER, RUN_STATE)
+LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
+HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
+
+
+def step_of(path: Path) -> int | None:
+    match = NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(models_dir: Path) -> list[Path]:
+    """This run's complete checkpoints (manifest present), oldest first by step number."""
+    if not models_dir.is_dir():
+        return []
+    found = [p for p in models_dir.iterdir()
+             if step_of(p) is not None and (p / MANIFEST).is_file()]
+    return sorted(found, key=step_of)
+
+
+def newest_checkpoint(models_dir: Path) -> Path | None:
+    found = complete_checkpoints(models_dir)
+    return found[-1] if found else None
+
+
+def remove_leftovers(models_dir: Path) -> None:
+    """Delete `.tmp-*`/`.trash-*` directories a killed process left behind."""
+    if models_dir.is_dir():
+        for child in models_dir.iterdir():
+            if child.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def prune(models_dir: Path, keep: int) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints; each removed one is renamed away first."""
+    removed = []
+    for path in complete_checkpoints(models_dir)[:-keep]:
+        trash = models_dir / f".trash-{path.name}"
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+        removed.append(path)
+        log.info("Removed checkpoint %s (keeping the newest %d)", path.name, keep)
+    if removed:
+        atomic.fsync_dir(models_dir)
+    return removed
+
+
+class DirectoryCheckpointIO(CheckpointIO):
+    """Writes/reads a Lightning checkpoint as a checkpoint directory, atomically."""
+
+    def __init__(self, adapter_config: PeftConfig, base_model_path: Path) -> None:
+        self.adapter_config = adapter_config
+        self.base_model_path = str(base_model_path)
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        final = Path(path)
+        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            self._write(dict(checkpoint), tmp)
+            atomic.fsync_tree(tmp)
+            os.rename(tmp, final)
+            atomic.fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _write(self, ckpt: dict, out: Path) -> None:
+        save_file(ckpt.pop("state_dict"), out / ADAPTER, metadata={"format": "pt"})
+        self.adapter_config.base_model_name_or_path = self.base_model_path
+        self.adapter_config.save_pretrained(out)
+        torch.save(ckpt.pop("optimizer_states")[0], out / OPTIMIZER)
+        torch.save(ckpt.pop("lr_schedulers")[0], out / SCHEDULER)
+        atomic.write_json(out / LEDGER, ckpt.pop(LEDGER_KEY), durable=False)
+        history = ckpt["callbacks"].pop(HISTORY_KEY)
+        state = {"global_step": ckpt["global_step"], "epoch": ckpt["epoch"],
+                 "logging_steps": history["every_n_steps"], "log_history": history["log_history"],
+                 "loss_pending": history["pending"]}
+        atomic.write_json(out / TRAINER_STATE, state, durable=False)
+        torch.save(ckpt, out / RUN_STATE)
+        manifest = {name: {"size": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+                    for name in sorted(os.listdir(out))}
+        atomic.write_json(out / MANIFEST, {"files": manifest}, durable=False)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        src = Path(path)
+        ckpt = torch.load(src / RUN_STATE, map_location="cpu", weights_only=True)
+        ckpt["state_dict"] = load_file(src / ADAPTER)
+        ckpt["optimizer_states"] = [torch.load(src / OPTIMIZER, map_location="cpu", weights_only=True)]
+        ckpt["lr_schedulers"] = [torch.load(src / SCHEDULER, map_location="cpu", weights_only=True)]
+        ckpt[LEDGER_KEY] = json.loads((src / LEDGER).read_text())
+        state = json.loads((src / TRAINER_STATE).read_text())
+        ckpt["callbacks"][HISTORY_KEY] = {"every_n_steps": state["logging_steps"],
+                                          "log_history": state["log_history"],
+                                          "pending": state["loss_pending"]}
+        return ckpt
+
+    def remove_checkpoint(self, path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,66 @@
+"""The `lit-continual` command: daemon, sample-data, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from lit_continual.run import train
+
+    try:
+        cfg = compose([f"base_dir={Path(args.base_dir).resolve()}", *args.overrides])
+    except ConfigError as err:
+        print(f"lit-continual: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return train(cfg)
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from lit_continual.sample_data import write_file
+
+    for i in range(args.files):
+        path = write_file(Path(args.inbox) / f"{args.prefix}_{i + 1}.jsonl", args.lines, args.seed + i)
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lit_continual.report import render
+
+    text, ok = render(Path(args.base_dir))
+    print(text)
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="lit-continual", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    daemon = sub.add_parser("daemon", help="watch DIR/inbox and train on every file that lands")
+    daemon.add_argument("--base-dir", required=True, help="the run's directory")
+    daemon.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optim.lr=1e-3")
+    daemon.set_defaults(func=_daemon)
+    sample = sub.add_parser("sample-data", help="write generated English-like JSONL files")
+    sample.add_argument("inbox", help="directory to write into (e.g. DIR/inbox)")
+    sample.add_argument("--files", type=int, default=3)
+    sample.add_argument("--lines", type=int, default=1000)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--prefix", default="batch")
+    sample.set_defaults(func=_sample_data)
+    report = sub.add_parser("report", help="print the verification report of a base dir")
+    report.add_argument("--base-dir", required=True)
+    report.set_defaults(func=_report)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"lit-continual: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR

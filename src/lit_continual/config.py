@@ -1,0 +1,81 @@
+"""Compose the Hydra config (for the CLI) and validate it before anything heavy runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).parent / "conf"
+ROOT_CONFIG = "train"
+
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key. Exits with code 2."""
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Build the run config from conf/ plus Hydra overrides, as `train.py` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=ROOT_CONFIG, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"bad override: {err}") from err
+
+
+def _require(cfg: DictConfig, key: str, ok: bool, what: str) -> None:
+    if not ok:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        raise ConfigError(f"{key}={value!r}: {what}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value the run depends on; raise ConfigError naming the first bad key."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{sorted(missing)[0]} must be set")
+    _require(cfg, "base_dir", cfg.base_dir is not None, "must be set")
+    _require(cfg, "data.batch_size", _pos_int(cfg.data.batch_size), "must be a positive integer")
+    _require(cfg, "data.max_length", _pos_int(cfg.data.max_length) and cfg.data.max_length >= 2,
+             "must be an integer >= 2")
+    _require(cfg, "data.source", cfg.data.source in ("inbox", "file"), "must be inbox or file")
+    if cfg.data.source == "file":
+        _require(cfg, "data.path", bool(cfg.data.path) and Path(cfg.data.path).is_file(),
+                 "must name an existing file")
+    _require(cfg, "trainer.accumulate_grad_batches", _pos_int(cfg.trainer.accumulate_grad_batches),
+             "must be a positive integer")
+    _require(cfg, "trainer.num_threads", _pos_int(cfg.trainer.num_threads), "must be a positive integer")
+    _require(cfg, "checkpoint.every_n_steps", _pos_int(cfg.checkpoint.every_n_steps),
+             "must be a positive integer")
+    _require(cfg, "checkpoint.keep", _pos_int(cfg.checkpoint.keep), "must be a positive integer")
+    _require(cfg, "checkpoint.log_history_max", _pos_int(cfg.checkpoint.log_history_max),
+             "must be a positive integer")
+    _require(cfg, "logging.every_n_steps", _pos_int(cfg.logging.every_n_steps), "must be a positive integer")
+    _require(cfg, "optim.lr", _number(cfg.optim.lr) and cfg.optim.lr > 0, "must be a positive number")
+    _require(cfg, "scheduler.warmup_steps", isinstance(cfg.scheduler.warmup_steps, int)
+             and cfg.scheduler.warmup_steps >= 0, "must be an integer >= 0")
+    _require(cfg, "lora.r", _pos_int(cfg.lora.r), "must be a positive integer")
+    _require(cfg, "lora.dropout", _number(cfg.lora.dropout) and 0 <= cfg.lora.dropout < 1, "must be in [0, 1)")
+    _require(cfg, "lora.target_modules", len(cfg.lora.target_modules) > 0, "must list at least one module")
+    _require(cfg, "daemon.settle_seconds", _number(cfg.daemon.settle_seconds) and cfg.daemon.settle_seconds >= 0,
+             "must be a number >= 0")
+    _require(cfg, "daemon.poll_seconds", _number(cfg.daemon.poll_seconds) and cfg.daemon.poll_seconds > 0,
+             "must be a positive number")
+    if cfg.model.name == "hf":
+        _require(cfg, "model.path", Path(str(cfg.model.path)).is_dir(),
+                 "must be an existing local Hugging Face model directory (hub ids are never downloaded)")
+
+
+def _pos_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

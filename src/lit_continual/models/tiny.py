@@ -1,0 +1,64 @@
+"""The embedded default model: a small Llama causal LM and a byte-level tokenizer, built locally.
+
+Nothing is downloaded. The weights are deterministic from the seed, so two base dirs built
+with the same config hold the same model (resume-equivalence tests rely on this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per byte (256) plus pad/bos/eos: no training, so it is identical everywhere."""
+    specials = [PAD, BOS, EOS]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS)
+
+
+def build_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A random Llama model whose weights depend only on `cfg.seed` and its shape."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(int(cfg.seed))
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
+
+
+def ensure_saved(cfg: DictConfig, directory: Path) -> Path:
+    """Build the tiny base into `directory` once (atomically); later calls reuse it."""
+    if (directory / "config.json").is_file():
+        return directory
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    tokenizer = build_tokenizer()
+    build_model(cfg, tokenizer).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(directory)
+    return directory

@@ -1,0 +1,51 @@
+"""The LightningModule: a PEFT LoRA model, AdamW, and an LR that is a function of the step."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+
+from lit_continual.schedule import lr_factor
+
+
+class LoRAModule(L.LightningModule):
+    """Trains only the adapter; checkpoints hold only the adapter (never the frozen base)."""
+
+    def __init__(self, model: PeftModel, optim: DictConfig, scheduler: DictConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim
+        self.scheduler_cfg = scheduler
+        # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
+        self.strict_loading = False
+        self.loss_sum = torch.zeros(())  # sum of optimizer-step losses since the last log entry
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                   ignore_index=-100, reduction="sum")
+        supervised = (labels != -100).sum()
+        # A zero-weight filler micro-batch has no supervised token: its loss is 0, not NaN.
+        loss = loss_sum / supervised.clamp(min=1)
+        self.loss_sum = self.loss_sum.to(loss.device) + loss.detach() / self.trainer.accumulate_grad_batches
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas),
+                                      eps=self.optim_cfg.eps, weight_decay=self.optim_cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.scheduler_cfg))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # PEFT's own key names and filtering: the saved file loads with stock peft.
+        checkpoint["state_dict"] = {k: v.detach().cpu().contiguous()
+                                    for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        set_peft_model_state_dict(self.model, checkpoint["state_dict"])
+        checkpoint["state_dict"] = {}

@@ -1,0 +1,82 @@
+"""`train(cfg)`: the one library function behind `lit-continual daemon` and `train.py`.
+
+Everything before `fit` is cheap (no torch import): the base-dir layout, the log, the status
+file and the stop check happen within a second of process start.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lit_continual import logs
+from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, validate
+from lit_continual.status import Status
+from lit_continual.stop import StopRequest
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+LAYOUT = ("inbox", "current_model", "status", "logs", "tensorboard", "failed")
+
+log = logging.getLogger("lit_continual")
+
+
+def train(cfg: DictConfig) -> int:
+    """Run (or continue) the continual run in cfg.base_dir; return the process exit code."""
+    if cfg.base_dir is None:
+        raise ConfigError("base_dir must be set")
+    base_dir = Path(cfg.base_dir).expanduser().resolve()
+    for name in LAYOUT:
+        (base_dir / name).mkdir(parents=True, exist_ok=True)
+    logs.setup(base_dir)
+    status = Status(base_dir)
+    stop = StopRequest(base_dir / ".stop")
+    stop.install()
+    log.info("lit-continual starting in %s (pid %d)", base_dir, status.fields["pid"])
+    if stop.stop_file.exists():
+        log.info("%s is present: exiting without training (remove it to start)", stop.stop_file)
+        status.update(status="stopped", write=True)
+        return EXIT_OK
+    status.update(status="starting", write=True)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        log.error("Configuration error: %s", err)
+        status.update(status="error", error=f"configuration error: {err}", write=True)
+        return EXIT_CONFIG_ERROR
+    log.info("Config: %s", _summary(cfg))
+    status.start_heartbeat()
+    try:
+        from lit_continual.data.feed import DataError
+        from lit_continual.fit import fit
+
+        try:
+            fit(cfg, base_dir, stop, status)
+        except DataError as err:
+            log.error("%s", err)
+            status.update(status="error", error=str(err), write=True)
+            return EXIT_CONFIG_ERROR
+    except Exception as err:  # the status file must say why the run died
+        log.exception("Training failed: %s", err)
+        status.update(status="error", error=f"{type(err).__name__}: {err}", write=True)
+        return EXIT_FAILURE
+    finally:
+        status.stop_heartbeat()
+    status.update(status="stopped", current_file=None, total_steps=status.fields["current_step"], write=True)
+    log.info("Stopped at step %d", status.fields["current_step"])
+    return EXIT_OK
+
+
+def _summary(cfg: DictConfig) -> str:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    keys = ("model.name", "data.source", "data.batch_size", "data.max_length",
+            "trainer.accumulate_grad_batches", "optim.lr", "scheduler.name", "scheduler.warmup_steps",
+            "lora.r", "lora.alpha", "checkpoint.every_n_steps", "checkpoint.keep", "seed")
+    return " ".join(f"{k}={_get(c, k)}" for k in keys)
+
+
+def _get(container: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        container = container.get(part) if isinstance(container, dict) else None
+    return container

@@ -1,0 +1,82 @@
+"""`status/training_status.json`: what the run is doing now, rewritten atomically.
+
+An output only: nothing ever reads it back to decide anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lit_continual import atomic
+
+log = logging.getLogger("lit_continual")
+
+STATES = ("starting", "training", "idle", "stopping", "stopped", "error")
+
+
+class Status:
+    """Holds the status fields; writes them on every state change and once a second."""
+
+    def __init__(self, base_dir: Path, heartbeat_seconds: float = 1.0) -> None:
+        self.path = base_dir / "status" / "training_status.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.queue_size: Callable[[], int] = lambda: 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_failed = False
+        self.fields: dict = {
+            "pid": os.getpid(), "status": "starting", "current_step": 0, "total_steps": 0,
+            "batch_number": 0, "batch_queue_size": 0, "current_file": None, "loss": None,
+            "learning_rate": None, "tokens_per_second": None, "last_checkpoint": None,
+            "error": None, "base_dir": str(base_dir.resolve()),
+            "started_at": _now(), "updated_at": None,
+        }
+
+    def update(self, write: bool = False, **fields: object) -> None:
+        """Change fields; write now if asked or if `status` changed."""
+        with self._lock:
+            changed = "status" in fields and fields["status"] != self.fields["status"]
+            self.fields.update(fields)
+        if write or changed:
+            self.write()
+
+    def write(self) -> None:
+        """Rewrite the file atomically. A failure is logged once and never stops training."""
+        with self._lock:
+            try:
+                self.fields["batch_queue_size"] = self.queue_size()
+            except OSError:
+                pass
+            self.fields["updated_at"] = _now()
+            snapshot = dict(self.fields)
+            try:
+                atomic.write_json(self.path, snapshot, durable=False)
+                self._write_failed = False
+            except OSError as err:
+                if not self._write_failed:
+                    log.warning("Could not write %s: %s", self.path, err)
+                self._write_failed = True
+
+    def start_heartbeat(self) -> None:
+        """Rewrite the file every `heartbeat_seconds` from a background thread."""
+        def beat() -> None:
+            while not self._stop.wait(self.heartbeat_seconds):
+                self.write()
+        self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
