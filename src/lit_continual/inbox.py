@@ -45,8 +45,13 @@ class Inbox:
         return [self.dir / name for _, name, _ in entries]
 
     def ready(self) -> list[Path]:
-        """Waiting files whose size and mtime have not changed for `settle_seconds`."""
-        now = time.monotonic()
+        """Waiting files whose size and mtime have not changed for `settle_seconds`.
+
+        Stable means: unchanged since the previous scan, and either its mtime is at least
+        `settle_seconds` old (every write moves mtime forward) or we have watched it unchanged
+        that long (covers mtimes in the future, e.g. a skewed file-server clock).
+        """
+        now, wall_ns = time.monotonic(), time.time_ns()
         ready, seen = [], {}
         for path in self.waiting():
             try:
@@ -55,9 +60,12 @@ class Inbox:
                 continue
             signature = (stat.st_size, stat.st_mtime_ns)
             previous = self._seen.get(path.name)
-            first_seen = previous[2] if previous and previous[:2] == signature else now
+            unchanged = previous is None or previous[:2] == signature
+            first_seen = previous[2] if previous and unchanged else now
             seen[path.name] = (*signature, first_seen)
-            if now - first_seen >= self.settle_seconds:
+            mtime_age = (wall_ns - stat.st_mtime_ns) / 1e9
+            watched = now - first_seen
+            if unchanged and (watched >= self.settle_seconds or mtime_age >= self.settle_seconds):
                 ready.append(path)
         self._seen = seen
         return ready

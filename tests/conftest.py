@@ -1,0 +1,94 @@
+"""Shared helpers: real daemon subprocesses, real files, the newest checkpoint on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lit_continual.sample_data import sentence
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["daemon.settle_seconds=0.1", "daemon.poll_seconds=0.1"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_jsonl(path: Path, lines: int, seed: int = 0, bad: dict[int, str] | None = None,
+                mtime: float | None = None) -> Path:
+    """`lines` valid examples; `bad` maps a 0-based line position to a raw bad line inserted there."""
+    rng = random.Random(seed)
+    rows = [json.dumps({"text": sentence(rng)}) for _ in range(lines)]
+    for position, raw in sorted((bad or {}).items()):
+        rows.insert(position, raw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def daemon_cmd(base: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "lit_continual", "daemon", "--base-dir", str(base), *FAST, *overrides]
+
+
+def run_daemon(base: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Drain the inbox with a real daemon process and return its result."""
+    return subprocess.run(daemon_cmd(base, "daemon.exit_when_idle=true", *overrides),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def start_daemon(base: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(daemon_cmd(base, *overrides), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def checkpoints(base: Path) -> list[Path]:
+    found = (base / "current_model").glob("checkpoint-*")
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def newest(base: Path) -> Path:
+    return checkpoints(base)[-1]
+
+
+def trainer_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def log_text(base: Path) -> str:
+    return "".join(p.read_text() for p in sorted((base / "logs").glob("daemon_*.log")))
+
+
+def status(base: Path) -> dict:
+    return json.loads((base / "status" / "training_status.json").read_text())
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def logged_step(base: Path) -> int:
+    """The newest step of a `step N/...` log line (logging.every_n_steps=1 in those tests)."""
+    steps = [int(line.split("step ", 1)[1].split("/", 1)[0])
+             for line in log_text(base).splitlines() if " INFO step " in line]
+    return steps[-1] if steps else 0
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return tmp_path / "run"
