@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.conftest import REPO, daemon_cmd, log_text, newest, start_daemon, status, wait_for, write_jsonl
@@ -86,6 +85,7 @@ def test_hf_model_path_must_exist_locally(base: Path):
 
 
 def test_python_dash_m_and_console_script_share_the_cli():
-    for cmd in ([sys.executable, "-m", "lit_continual", "--help"], [str(Path(sys.executable).parent / "lit-continual"), "--help"]):
+    script = str(Path(sys.executable).parent / "lit-continual")
+    for cmd in ([sys.executable, "-m", "lit_continual", "--help"], [script, "--help"]):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "daemon" in result.stdout

@@ -85,7 +85,7 @@ def test_per_step_losses_equal_uninterrupted_run(reference, interrupted):
     expected = trainer_state(newest(reference))["log_history"]
     got = trainer_state(newest(base))["log_history"]
     assert [e["step"] for e in got] == [e["step"] for e in expected] == list(range(1, 401))
-    for mine, theirs in zip(got, expected):
+    for mine, theirs in zip(got, expected, strict=False):
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5, abs=1e-5), mine["step"]
         assert mine["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-12)
 

@@ -35,8 +35,9 @@ def render(base_dir: Path) -> tuple[str, bool]:
             lines.append(f"  in progress: {cur['name']} {cur['examples_trained']}/{cur['examples']}")
         history = state["log_history"]
         if history:
-            lines += ["", "Loss: first logged %.4f at step %d, last %.4f at step %d" % (
-                history[0]["loss"], history[0]["step"], history[-1]["loss"], history[-1]["step"])]
+            first, last = history[0], history[-1]
+            lines += ["", f"Loss: first logged {first['loss']:.4f} at step {first['step']}, "
+                          f"last {last['loss']:.4f} at step {last['step']}"]
     inbox = sorted(p.name for p in (base_dir / "inbox").glob("*.jsonl"))
     lines += ["", f"Inbox: {len(inbox)} file(s) waiting {inbox if inbox else ''}".rstrip()]
     lines += ["", "RESULT: " + ("PASS" if ok else "FAIL")]

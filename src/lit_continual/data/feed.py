@@ -15,7 +15,7 @@ import numpy as np
 
 from lit_continual.data.file_index import FileIndex
 from lit_continual.inbox import Inbox
-from lit_continual.ledger import FileRecord, Ledger
+from lit_continual.ledger import FileRecord
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
 

@@ -42,6 +42,8 @@ class TextFormat:
 
     def encode(self, records: list[dict]) -> list[tuple[list[int], list[int]]]:
         """(input_ids, labels) per record, truncated to max_length."""
+        if not records:
+            return []
         tok = self.tokenizer
         texts = [r[self.text_field] for r in records]
         encoded = tok(texts, add_special_tokens=False)["input_ids"]
