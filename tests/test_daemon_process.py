@@ -89,3 +89,27 @@ def test_python_dash_m_and_console_script_share_the_cli():
     for cmd in ([sys.executable, "-m", "lit_continual", "--help"], [script, "--help"]):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "daemon" in result.stdout
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(base: Path):
+    import os
+    import pty
+
+    write_jsonl(base / "inbox" / "tty.jsonl", 160, seed=4)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(daemon_cmd(base, "daemon.exit_when_idle=true"), stdin=secondary,
+                            stdout=secondary, stderr=secondary, cwd=REPO)
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    assert "━" in text and "tok/s" in text and "20/20" in text  # rich bar: step within file / total
+    assert "━" not in log_text(base) and "tok/s" not in log_text(base), "the bar is for terminals only"

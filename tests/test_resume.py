@@ -110,6 +110,16 @@ def test_restart_logs_resume_and_keeps_optimizer_and_scheduler_in_step(interrupt
     assert torch.load(ckpt / "scheduler.pt", weights_only=True)["last_epoch"] == 400
 
 
+def test_tensorboard_is_one_curve_across_restarts(interrupted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base, _ = interrupted
+    assert len(list((base / "tensorboard").glob("events.out.tfevents.*"))) == 3  # one per process
+    events = EventAccumulator(str(base / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 401))
+
+
 def test_each_example_trained_once_per_file(interrupted):
     base, _ = interrupted
     import json

@@ -40,3 +40,17 @@ def test_train_py_missing_file_is_a_config_error_naming_the_key(tmp_path: Path):
     result = _train(f"data.path={tmp_path / 'nope.jsonl'}", f"base_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "data.path" in result.stdout + result.stderr
+
+
+def test_multirun_sweep_jobs_never_share_state(tmp_path: Path):
+    data = write_jsonl(tmp_path / "data.jsonl", 64, seed=3)
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "train.py", "-m", "data=inbox_file", f"data.path={data}",
+                             "optim.lr=1e-3,3e-3", "logging.every_n_steps=1", f"hydra.sweep.dir={sweep}"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in ("0", "1"):
+        assert trainer_state(newest(sweep / job))["global_step"] == 8
+    lrs = {json.loads((sweep / job / "current_model" / "checkpoint-8" / "trainer_state.json").read_text())
+           ["log_history"][-1]["learning_rate"] for job in ("0", "1")}
+    assert len(lrs) == 2

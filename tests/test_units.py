@@ -153,3 +153,15 @@ def test_shuffle_seed_differs_per_file_and_is_stable(step):
 
     assert shuffle_seed(1234, 1 + step) == shuffle_seed(1234, 1 + step)
     assert shuffle_seed(1234, 1 + step) != shuffle_seed(1234, 2 + step)
+
+
+def test_status_heartbeat_rewrites_the_file_while_running(tmp_path: Path):
+    status = Status(tmp_path, heartbeat_seconds=0.05)
+    status.update(status="training", write=True)
+    first = json.loads(status.path.read_text())["updated_at"]
+    status.start_heartbeat()
+    try:
+        time.sleep(0.3)
+    finally:
+        status.stop_heartbeat()
+    assert json.loads(status.path.read_text())["updated_at"] > first

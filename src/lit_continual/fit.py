@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lit_continual import checkpoints
 from lit_continual.callbacks import FileLifecycle, FileProgressBar, LossHistory, RngState
@@ -52,7 +52,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status) -> N
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("Model %s from %s: %d trainable of %d parameters", cfg.model.name, base_path,
              trainable, sum(p.numel() for p in model.parameters()))
-    module = LoRAModule(model, cfg.optim, cfg.scheduler)
+    module = LoRAModule(model, cfg.optim, cfg.scheduler, OmegaConf.to_container(cfg, resolve=True))
     datamodule = ContinualDataModule(cfg, tokenizer, base_dir, stop, status)
     if cfg.data.source == "inbox":
         status.queue_size = lambda: _queue_size(datamodule, status)

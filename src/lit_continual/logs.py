@@ -38,6 +38,21 @@ class DailyFileHandler(logging.FileHandler):
         super().emit(record)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now, so the progress bar can route lines above itself."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup(base_dir: Path) -> logging.Logger:
     """Route the `lit_continual` logger and Python warnings to the daily file and stderr."""
     logger = logging.getLogger("lit_continual")
@@ -46,7 +61,7 @@ def setup(base_dir: Path) -> logging.Logger:
         logger.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(FORMAT)
-    for handler in (DailyFileHandler(base_dir / "logs"), logging.StreamHandler(sys.stderr)):
+    for handler in (DailyFileHandler(base_dir / "logs"), StderrHandler()):
         handler.setFormatter(formatter)
         logger.addHandler(handler)
     logger.propagate = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -10,13 +12,16 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from lit_continual.schedule import lr_factor
 
+log = logging.getLogger("lit_continual")
+
 
 class LoRAModule(L.LightningModule):
     """Trains only the adapter; checkpoints hold only the adapter (never the frozen base)."""
 
-    def __init__(self, model: PeftModel, optim: DictConfig, scheduler: DictConfig) -> None:
+    def __init__(self, model: PeftModel, optim: DictConfig, scheduler: DictConfig, run_config: dict) -> None:
         super().__init__()
         self.model = model
+        self.run_config = run_config  # resolved config, stored in every checkpoint
         self.optim_cfg = optim
         self.scheduler_cfg = scheduler
         # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
@@ -45,7 +50,13 @@ class LoRAModule(L.LightningModule):
         # PEFT's own key names and filtering: the saved file loads with stock peft.
         checkpoint["state_dict"] = {k: v.detach().cpu().contiguous()
                                     for k, v in get_peft_model_state_dict(self.model).items()}
+        checkpoint["run_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("run_config", {}).get("trainer", {}).get("num_threads")
+        threads = self.run_config["trainer"]["num_threads"]
+        if saved is not None and saved != threads:
+            log.warning("trainer.num_threads=%s but the checkpoint was trained with %s: the resumed "
+                        "run stays exact in state, not bitwise", threads, saved)
         set_peft_model_state_dict(self.model, checkpoint["state_dict"])
         checkpoint["state_dict"] = {}

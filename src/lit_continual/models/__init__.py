@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from lit_continual.models import tiny
 
@@ -24,6 +25,7 @@ def base_model_dir(cfg: DictConfig, base_dir: Path) -> Path:
 def load_base(cfg: DictConfig, base_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
     """Return (model in train mode, tokenizer, its directory). Only local files are read."""
     path = base_model_dir(cfg, base_dir)
+    hf_logging.disable_progress_bar()  # the daemon's log is for operators, not shard bars
     if cfg.model.name == "tiny":
         tiny.ensure_saved(cfg.model, path)
         dtype, remote = torch.float32, False
