@@ -152,7 +152,7 @@ def main() -> None:
             "daemon_steps_per_s": [round(r["steps_per_s"], 2) for r in daemon],
             "raw_loop_steps_per_s": [round(r["steps_per_s"], 2) for r in raw],
             "daemon_over_raw_steps_ratio": round(statistics.mean(
-                d["steps_per_s"] / r["steps_per_s"] for d, r in zip(daemon, raw)), 3),
+                d["steps_per_s"] / r["steps_per_s"] for d, r in zip(daemon, raw, strict=True)), 3),
             "daemon_tokens_per_s_logged_median": round(statistics.median(
                 r["tokens_per_s_logged_median"] for r in daemon)),
             "raw_loop_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in raw)),
