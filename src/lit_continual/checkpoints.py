@@ -2,8 +2,9 @@
 
 A Lightning checkpoint dict is split into files a user can read with stock tools:
 adapter_model.safetensors + adapter_config.json (PEFT), optimizer.pt, scheduler.pt,
-trainer_state.json (global_step, log_history), ledger.json (data position), run_state.pt
-(loop counters, RNG, callback state) and manifest.json (sizes and sha256, written last).
+trainer_state.json (global_step, log_history), ledger.json (data position), run_config.json
+(the resolved config), run_state.pt (loop counters, RNG, callback state) and manifest.json
+(sizes and sha256 of all of them, written last and verified on load).
 Every .pt loads with `torch.load(..., weights_only=True)`.
 """
 
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from lightning.fabric.plugins import CheckpointIO
 from peft import PeftConfig
 from safetensors.torch import load_file, save_file
 
-from lit_continual import atomic
+from lit_continual import atomic, faults
 
 log = logging.getLogger("lit_continual")
 
@@ -30,7 +32,9 @@ PREFIX = "checkpoint-"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER, OPTIMIZER, SCHEDULER = "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"
 TRAINER_STATE, LEDGER, RUN_STATE, MANIFEST = "trainer_state.json", "ledger.json", "run_state.pt", "manifest.json"
-REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE, LEDGER, RUN_STATE)
+RUN_CONFIG = "run_config.json"
+REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE, LEDGER, RUN_CONFIG, RUN_STATE)
+CORRUPT = ".corrupt"
 LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
 HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
 
@@ -54,6 +58,44 @@ def newest_checkpoint(models_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def verify(path: Path) -> str | None:
+    """What is wrong with checkpoint `path` (missing file, size or sha256 mismatch), or None."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable {MANIFEST}: {err}"
+    for name in REQUIRED:
+        if name not in manifest:
+            return f"{MANIFEST} does not list {name}"
+    for name, expected in manifest.items():
+        target = path / name
+        if not target.is_file():
+            return f"{name} is missing"
+        if target.stat().st_size != expected["size"]:
+            return f"{name} has {target.stat().st_size} bytes, manifest says {expected['size']}"
+        if _sha256(target) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def newest_valid(models_dir: Path) -> Path | None:
+    """The newest checkpoint that verifies; damaged newer ones are set aside in `.corrupt/`."""
+    if not models_dir.is_dir():
+        return None
+    candidates = sorted((p for p in models_dir.iterdir() if step_of(p) is not None), key=step_of)
+    for path in reversed(candidates):
+        problem = verify(path)
+        if problem is None:
+            return path
+        aside = models_dir / CORRUPT / f"{path.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}"
+        aside.parent.mkdir(exist_ok=True)
+        os.rename(path, aside)
+        atomic.fsync_dir(models_dir)
+        log.warning("Checkpoint %s is damaged (%s): moved to %s; falling back to the previous one",
+                    path.name, problem, aside.relative_to(models_dir))
+    return None
+
+
 def remove_leftovers(models_dir: Path) -> None:
     """Delete `.tmp-*`/`.trash-*` directories a killed process left behind."""
     if models_dir.is_dir():
@@ -68,6 +110,7 @@ def prune(models_dir: Path, keep: int) -> list[Path]:
     for path in complete_checkpoints(models_dir)[:-keep]:
         trash = models_dir / f".trash-{path.name}"
         os.rename(path, trash)
+        faults.point("retention", step_of(path))
         shutil.rmtree(trash)
         removed.append(path)
         log.info("Removed checkpoint %s (keeping the newest %d)", path.name, keep)
@@ -91,6 +134,7 @@ class DirectoryCheckpointIO(CheckpointIO):
         try:
             self._write(dict(checkpoint), tmp)
             atomic.fsync_tree(tmp)
+            faults.point("checkpoint-tmp", checkpoint["global_step"])
             os.rename(tmp, final)
             atomic.fsync_dir(final.parent)
         except BaseException:
@@ -109,6 +153,7 @@ class DirectoryCheckpointIO(CheckpointIO):
                  "logging_steps": history["every_n_steps"], "log_history": history["log_history"],
                  "loss_pending": history["pending"]}
         atomic.write_json(out / TRAINER_STATE, state, durable=False)
+        atomic.write_json(out / RUN_CONFIG, ckpt.pop("run_config"), durable=False)
         torch.save(ckpt, out / RUN_STATE)
         manifest = {name: {"size": (out / name).stat().st_size, "sha256": _sha256(out / name)}
                     for name in sorted(os.listdir(out))}
@@ -121,6 +166,7 @@ class DirectoryCheckpointIO(CheckpointIO):
         ckpt["optimizer_states"] = [torch.load(src / OPTIMIZER, map_location="cpu", weights_only=True)]
         ckpt["lr_schedulers"] = [torch.load(src / SCHEDULER, map_location="cpu", weights_only=True)]
         ckpt[LEDGER_KEY] = json.loads((src / LEDGER).read_text())
+        ckpt["run_config"] = json.loads((src / RUN_CONFIG).read_text())
         state = json.loads((src / TRAINER_STATE).read_text())
         ckpt["callbacks"][HISTORY_KEY] = {"every_n_steps": state["logging_steps"],
                                           "log_history": state["log_history"],

@@ -45,6 +45,16 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg, "data.batch_size", _pos_int(cfg.data.batch_size), "must be a positive integer")
     _require(cfg, "data.max_length", _pos_int(cfg.data.max_length) and cfg.data.max_length >= 2,
              "must be an integer >= 2")
+    _require(cfg, "data.max_bad_fraction", _number(cfg.data.max_bad_fraction)
+             and 0 <= cfg.data.max_bad_fraction <= 1, "must be in [0, 1]")
+    _require(cfg, "data.max_line_bytes", _pos_int(cfg.data.max_line_bytes), "must be a positive integer")
+    _require(cfg, "daemon.max_nonfinite", _pos_int(cfg.daemon.max_nonfinite), "must be a positive integer")
+    _require(cfg, "daemon.max_crashes", _pos_int(cfg.daemon.max_crashes), "must be a positive integer")
+    _require(cfg, "daemon.retry_initial_seconds", _number(cfg.daemon.retry_initial_seconds)
+             and 0 < cfg.daemon.retry_initial_seconds <= cfg.daemon.retry_max_seconds,
+             "must be a positive number <= daemon.retry_max_seconds")
+    _require(cfg, "checkpoint.min_free_mb", _number(cfg.checkpoint.min_free_mb) and cfg.checkpoint.min_free_mb >= 0,
+             "must be a number >= 0")
     _require(cfg, "data.source", cfg.data.source in ("inbox", "file"), "must be inbox or file")
     if cfg.data.source == "file":
         _require(cfg, "data.path", bool(cfg.data.path) and Path(cfg.data.path).is_file(),
@@ -71,6 +81,49 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.name == "hf":
         _require(cfg, "model.path", Path(str(cfg.model.path)).is_dir(),
                  "must be an existing local Hugging Face model directory (hub ids are never downloaded)")
+
+
+RUN_DEFINING = ("model", "lora", "seed", "data.batch_size", "data.max_length", "data.shuffle",
+                "data.text_field", "data.max_line_bytes", "data.format", "data.packing",
+                "trainer.accumulate_grad_batches")
+ADJUSTABLE = ("optim", "scheduler", "trainer.gradient_clip_val", "trainer.precision")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _within(key: str, groups: tuple[str, ...]) -> bool:
+    return any(key == g or key.startswith(g + ".") for g in groups)
+
+
+def check_unchanged(saved: dict, cfg: DictConfig) -> None:
+    """Refuse a restart whose config differs from the run's (stored in its checkpoint).
+
+    Keys present on only one side are ignored (a newer version may add keys with the old
+    behaviour as default); operational keys (daemon.*, logging.*, checkpoint.*) may change.
+    """
+    old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    fixed = [k for k in changed if _within(k, RUN_DEFINING)]
+    adjustable = [k for k in changed if _within(k, ADJUSTABLE)]
+
+    def describe(keys: list[str]) -> str:
+        return ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in keys)
+
+    if fixed:
+        raise ConfigError(f"the run in {cfg.base_dir} was started with other values for keys that define "
+                          f"it: {describe(fixed)}. Start a new base dir to change them.")
+    if adjustable and not cfg.run.allow_config_change:
+        raise ConfigError(f"the run in {cfg.base_dir} was trained with other values: {describe(adjustable)}. "
+                          "Set run.allow_config_change=true to accept them.")
 
 
 def _pos_int(value: object) -> bool:

@@ -26,9 +26,10 @@ class FileRecord:
     bad_lines: int
     shuffle_seed: int
     examples_trained: int = 0
+    mtime_ns: int = 0
     first_step: int | None = None
     last_step: int | None = None
-    status: str = "training"  # training | done | abandoned
+    status: str = "training"  # training | done | abandoned | failed
 
     def same_file(self, other: FileRecord) -> bool:
         """True if `other` is this very file on disk (same content, inode and ctime)."""
@@ -42,6 +43,7 @@ class Ledger:
 
     files_done: list[FileRecord] = field(default_factory=list)
     current: FileRecord | None = None
+    files_rejected: list[dict] = field(default_factory=list)  # moved to failed/ untrained
     files_started: int = 0
     examples_trained_total: int = 0
     max_done: int = 1000
@@ -69,6 +71,16 @@ class Ledger:
         del self.files_done[: -self.max_done]
         return record
 
+    def reject(self, name: str, sha256: str | None, reason: str) -> None:
+        """Record a file moved to failed/ without training (newest `max_done` kept)."""
+        self.files_rejected.append({"name": name, "sha256": sha256, "reason": reason})
+        del self.files_rejected[: -self.max_done]
+
+    def find_content(self, sha256: str) -> FileRecord | None:
+        """A trained (or in-progress) file of this run with the same content, if any."""
+        candidates = self.files_done + ([self.current] if self.current else [])
+        return next((r for r in reversed(candidates) if r.sha256 == sha256 and r.status != "failed"), None)
+
     def find_done(self, record: FileRecord) -> FileRecord | None:
         """The done entry that is this very file (its delete was interrupted), if any."""
         return next((r for r in reversed(self.files_done) if r.same_file(record)), None)
@@ -80,6 +92,7 @@ class Ledger:
             "examples_trained_total": self.examples_trained_total,
             "current": asdict(self.current) if self.current else None,
             "files_done": [asdict(r) for r in self.files_done],
+            "files_rejected": list(self.files_rejected),
         }
 
     @classmethod
@@ -88,6 +101,7 @@ class Ledger:
         return cls(
             files_done=[FileRecord(**r) for r in data.get("files_done", [])],
             current=FileRecord(**current) if current else None,
+            files_rejected=list(data.get("files_rejected", [])),
             files_started=int(data.get("files_started", 0)),
             examples_trained_total=int(data.get("examples_trained_total", 0)),
             max_done=max_done,

@@ -26,7 +26,8 @@ class LoRAModule(L.LightningModule):
         self.scheduler_cfg = scheduler
         # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
         self.strict_loading = False
-        self.loss_sum = torch.zeros(())  # sum of optimizer-step losses since the last log entry
+        self.window_loss = torch.zeros(())  # mean loss of the accumulation window in progress
+        self.step_skipped = False  # set by NonFiniteGuard when this window's update is dropped
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -36,7 +37,7 @@ class LoRAModule(L.LightningModule):
         supervised = (labels != -100).sum()
         # A zero-weight filler micro-batch has no supervised token: its loss is 0, not NaN.
         loss = loss_sum / supervised.clamp(min=1)
-        self.loss_sum = self.loss_sum.to(loss.device) + loss.detach() / self.trainer.accumulate_grad_batches
+        self.window_loss = self.window_loss.to(loss.device) + loss.detach() / self.trainer.accumulate_grad_batches
         return loss
 
     def configure_optimizers(self) -> dict:

@@ -7,12 +7,15 @@ file and the stop check happen within a second of process start.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from lit_continual import logs
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, validate
+from lit_continual.crash_guard import CrashGuard
+from lit_continual.lock import EXIT_LOCKED, BaseDirLocked, RunLock
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
 
@@ -27,6 +30,19 @@ def train(cfg: DictConfig) -> int:
     if cfg.base_dir is None:
         raise ConfigError("base_dir must be set")
     base_dir = Path(cfg.base_dir).expanduser().resolve()
+    lock = RunLock(base_dir)
+    try:
+        lock.acquire()  # first thing: a second process must write nothing under DIR
+    except BaseDirLocked as err:
+        print(f"lit-continual: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    try:
+        return _train_locked(cfg, base_dir)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     for name in LAYOUT:
         (base_dir / name).mkdir(parents=True, exist_ok=True)
     logs.setup(base_dir)
@@ -46,24 +62,29 @@ def train(cfg: DictConfig) -> int:
         status.update(status="error", error=f"configuration error: {err}", write=True)
         return EXIT_CONFIG_ERROR
     log.info("Config: %s", _summary(cfg))
+    guard = CrashGuard(base_dir, cfg.daemon.max_crashes)
+    guard.start()
     status.start_heartbeat()
     try:
         from lit_continual.data.feed import DataError
         from lit_continual.fit import fit
 
         try:
-            fit(cfg, base_dir, stop, status)
-        except DataError as err:
+            fit(cfg, base_dir, stop, status, guard)
+        except (DataError, ConfigError) as err:
             log.error("%s", err)
             status.update(status="error", error=str(err), write=True)
             return EXIT_CONFIG_ERROR
     except Exception as err:  # the status file must say why the run died
         log.exception("Training failed: %s", err)
         status.update(status="error", error=f"{type(err).__name__}: {err}", write=True)
+        guard.close(clean=False)  # an exception mid-step counts like a crash at that step
         return EXIT_FAILURE
     finally:
         status.stop_heartbeat()
-    status.update(status="stopped", current_file=None, total_steps=status.fields["current_step"], write=True)
+        guard.close(clean=True)
+    status.update(status="stopped", current_file=None, total_steps=status.fields["current_step"],
+                  write=True)
     log.info("Stopped at step %d", status.fields["current_step"])
     return EXIT_OK
 

@@ -6,13 +6,19 @@ A process killed in between finds the file in the ledger's done list and only de
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 
-from lit_continual import checkpoints
+from lit_continual import checkpoints, faults
+from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.stream import ContinualDataModule
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
@@ -20,21 +26,36 @@ from lit_continual.stop import StopRequest
 log = logging.getLogger("lit_continual")
 
 
+@dataclass
+class SavePolicy:
+    """When and how checkpoints are written (checkpoint.* and daemon.retry_* config)."""
+
+    every_n_steps: int
+    keep: int
+    min_free_mb: float
+    retry_initial_seconds: float
+    retry_max_seconds: float
+
+
 class FileLifecycle(L.Callback):
     """Advances the ledger from trained batches and decides when to checkpoint and stop."""
 
-    def __init__(self, datamodule: ContinualDataModule, models_dir: Path, every_n_steps: int,
-                 keep: int, stop: StopRequest, status: Status) -> None:
-        self.dm, self.models_dir = datamodule, models_dir
-        self.every_n_steps, self.keep = every_n_steps, keep
-        self.stop, self.status = stop, status
+    def __init__(self, datamodule: ContinualDataModule, models_dir: Path, policy: SavePolicy,
+                 stop: StopRequest, status: Status, guard: CrashGuard) -> None:
+        self.dm, self.models_dir, self.policy = datamodule, models_dir, policy
+        self.stop, self.status, self.guard = stop, status, guard
         newest = checkpoints.newest_checkpoint(models_dir)
         self.newest: str | None = newest.name if newest else None
         self.last_saved_step = checkpoints.step_of(newest) if newest else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch["meta"]["first_of_file"]:
-            self._file_started(trainer, batch["meta"])
+        meta = batch["meta"]
+        if meta["first_of_file"]:
+            self._file_started(trainer, meta)
+        if meta["window_start"]:
+            step = trainer.global_step + 1
+            self.guard.training(step, meta["file"].name, meta["file"].sha256)
+            faults.point("train", step)
 
     def _file_started(self, trainer: L.Trainer, meta: dict) -> None:
         ledger = self.dm.ledger
@@ -56,34 +77,95 @@ class FileLifecycle(L.Callback):
             return
         step = trainer.global_step
         self.status.update(current_step=step)
+        faults.point("step", step)
         if meta["file_end"]:
-            record = self.dm.ledger.finish(step)
-            self.save(trainer)
-            log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step,
-                     step, record.examples)
-            if meta["delete_when_done"]:
-                self.dm.inbox.delete(meta["path"])
-            self.status.update(current_file=None, total_steps=step, write=True)
-        elif step % self.every_n_steps == 0:
-            self.save(trainer)
+            self._file_finished(trainer, pl_module, meta)
+        elif step % self.policy.every_n_steps == 0:
+            self.save(trainer, pl_module)
+
+    def _file_finished(self, trainer: L.Trainer, pl_module: L.LightningModule, meta: dict) -> None:
+        step = trainer.global_step
+        record = self.dm.ledger.finish(step)
+        self.guard.idle()
+        if not self.save(trainer, pl_module):
+            return  # stop requested while the checkpoint kept failing: the file stays in the inbox
+        log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, step, record.examples)
+        faults.point("before-delete", step)
+        if meta["delete_when_done"]:
+            self._remove_from_inbox(meta["path"], record)
+        self.status.update(current_file=None, total_steps=step, write=True)
+
+    def _remove_from_inbox(self, path: Path, record) -> None:
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            return
+        if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+            self.dm.inbox.quarantine(path, "modified while being trained: its size or mtime changed after it "
+                                     "was claimed (the claimed content was trained)",
+                                     bad_lines=record.bad_lines, total_lines=None, first_errors=[])
+        else:
+            self.dm.inbox.delete(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # An epoch ends whenever the feed has nothing ready; stop only if asked or drained.
+        self.guard.idle()
         if self.stop.requested or self.dm.feed.finished:
             why = self.stop.reason if self.stop.requested else "inbox drained"
             log.info("Stopping (%s) at step %d", why, trainer.global_step)
             self.status.update(status="stopping", write=True)
-            self.save(trainer)
+            self.save(trainer, pl_module)
             trainer.should_stop = True
 
-    def save(self, trainer: L.Trainer) -> None:
-        """Checkpoint the current step (once per step), then apply retention."""
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Checkpoint the current step (once per step), then apply retention.
+
+        Disk full and I/O errors leave earlier checkpoints intact and are retried with a doubling
+        backoff; False if a stop request ended the retries before a checkpoint could be written.
+        """
         step = trainer.global_step
         if step == 0 or step == self.last_saved_step:
-            return
+            return True
+        _require_finite(pl_module)
         path = self.models_dir / f"{checkpoints.PREFIX}{step}"
-        trainer.save_checkpoint(path, weights_only=False)
+        delay = self.policy.retry_initial_seconds
+        while True:
+            try:
+                self._check_free_space()
+                trainer.save_checkpoint(path, weights_only=False)
+                break
+            except OSError as err:
+                log.error("Could not write checkpoint %s: %s (earlier checkpoints are intact)", path.name, err)
+                self.status.update(status="error", error=f"checkpoint {path.name}: {err}", write=True)
+                if not self._wait(delay):
+                    log.error("Stop requested: giving up on checkpoint %s", path.name)
+                    return False
+                delay = min(delay * 2, self.policy.retry_max_seconds)
         self.last_saved_step, self.newest = step, path.name
         log.info("Saved checkpoint %s", path.name)
-        self.status.update(last_checkpoint=path.name, write=True)
-        checkpoints.prune(self.models_dir, self.keep)
+        state = "training" if self.status.fields["status"] == "error" else self.status.fields["status"]
+        self.status.update(status=state, error=None, last_checkpoint=path.name, write=True)
+        checkpoints.prune(self.models_dir, self.policy.keep)
+        return True
+
+    def _check_free_space(self) -> None:
+        free_mb = shutil.disk_usage(self.models_dir).free / 2**20
+        if free_mb < self.policy.min_free_mb:
+            raise OSError(errno.ENOSPC, f"only {free_mb:.0f} MiB free in {self.models_dir}, "
+                                        f"checkpoint.min_free_mb={self.policy.min_free_mb}")
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; False as soon as a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop.requested:
+                return False
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+        return not self.stop.requested
+
+
+def _require_finite(pl_module: L.LightningModule) -> None:
+    """Non-finite weights are never checkpointed (the guard should make this unreachable)."""
+    for name, param in pl_module.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            raise FloatingPointError(f"parameter {name} is not finite: refusing to checkpoint it")

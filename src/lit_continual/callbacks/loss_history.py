@@ -10,6 +10,7 @@ import logging
 import time
 
 import lightning as L
+import torch
 
 from lit_continual.status import Status
 
@@ -24,16 +25,14 @@ class LossHistory(L.Callback):
         self.max_entries = max_entries
         self.status = status
         self.log_history: list[dict] = []
-        self._restored_sum = 0.0  # partial-window loss carried over from a checkpoint
+        # Sum of step losses since the previous entry (skipped steps excluded). A float32 tensor on
+        # the training device: no host sync per step, and the same arithmetic after a restart.
+        self._loss_sum = torch.zeros(())
         self._steps = 0
         self._lr = 0.0
-        self._module: L.LightningModule | None = None
         self._tokens = 0
         self._clock = time.monotonic()
         self._clock_steps = 0
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._module = pl_module
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._lr = optimizer.param_groups[0]["lr"]  # the LR this step actually uses
@@ -42,16 +41,18 @@ class LossHistory(L.Callback):
         self._tokens += batch["meta"]["tokens"]
         if not batch["meta"]["window_end"]:
             return
-        self._steps += 1
+        if not pl_module.step_skipped:
+            self._loss_sum = self._loss_sum.to(pl_module.window_loss.device) + pl_module.window_loss
+            self._steps += 1
+        pl_module.window_loss.zero_()
         self._clock_steps += 1
         if trainer.global_step % self.every_n_steps == 0:
             self._append(trainer, pl_module)
 
     def _append(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        loss = (float(pl_module.loss_sum) + self._restored_sum) / max(self._steps, 1)
-        pl_module.loss_sum.zero_()
-        self._restored_sum, self._steps = 0.0, 0
+        loss = float(self._loss_sum) / self._steps if self._steps else float("nan")
+        self._loss_sum, self._steps = torch.zeros(()), 0
         entry = {"step": step, "loss": round(loss, 6), "learning_rate": self._lr}
         self.log_history.append(entry)
         del self.log_history[: -self.max_entries]
@@ -68,11 +69,10 @@ class LossHistory(L.Callback):
                  fields["total_steps"], fields["current_file"], loss, self._lr, tokens_per_s, steps_per_s)
 
     def state_dict(self) -> dict:
-        partial = self._restored_sum + (float(self._module.loss_sum) if self._module is not None else 0.0)
         return {"every_n_steps": self.every_n_steps, "log_history": list(self.log_history),
-                "pending": {"loss_sum": partial, "steps": self._steps}}
+                "pending": {"loss_sum": float(self._loss_sum), "steps": self._steps}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.log_history = list(state_dict["log_history"])
-        self._restored_sum = float(state_dict["pending"]["loss_sum"])
+        self._loss_sum = torch.tensor(float(state_dict["pending"]["loss_sum"]), dtype=torch.float32)
         self._steps = int(state_dict["pending"]["steps"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.file_index import FileIndex
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import FileRecord
@@ -41,29 +42,60 @@ def shuffle_seed(run_seed: int, ordinal: int) -> int:
     return int(np.random.SeedSequence([run_seed, ordinal]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _index(path: Path, text_field: str) -> FileIndex:
-    index = FileIndex.scan(path, text_field)
+def _index(path: Path, text_field: str, max_line_bytes: int) -> FileIndex:
+    index = FileIndex.scan(path, text_field, max_line_bytes)
     if index.bad_lines:
         shown = "; ".join(f"line {e['line']}: {e['error']}" for e in index.first_errors)
-        log.warning("%s: skipped %d bad line(s) of %d (%s)", path.name, index.bad_lines,
-                    index.total_lines, shown)
+        log.warning("%s: %d bad line(s) of %d (%s)", path.name, index.bad_lines, index.total_lines, shown)
     return index
 
 
 def _record(path: Path, index: FileIndex, ordinal: int, run_seed: int) -> FileRecord:
     stat = path.lstat()
     return FileRecord(name=path.name, sha256=index.sha256, size=index.size, inode=stat.st_ino,
-                      ctime_ns=stat.st_ctime_ns, ordinal=ordinal, examples=index.examples,
-                      bad_lines=index.bad_lines, shuffle_seed=shuffle_seed(run_seed, ordinal))
+                      ctime_ns=stat.st_ctime_ns, mtime_ns=stat.st_mtime_ns, ordinal=ordinal,
+                      examples=index.examples, bad_lines=index.bad_lines,
+                      shuffle_seed=shuffle_seed(run_seed, ordinal))
+
+
+def _line_report(index: FileIndex | None) -> dict:
+    """The bad-line fields of a failed/<name>.error.json."""
+    if index is None:
+        return {"bad_lines": 0, "total_lines": 0, "first_errors": []}
+    return {"bad_lines": index.bad_lines, "total_lines": index.total_lines, "first_errors": index.first_errors}
+
+
+def rejection(index: FileIndex, max_bad_fraction: float) -> str | None:
+    """Why an indexed file must not be trained, or None."""
+    if index.total_lines == 0:
+        return "empty file (no non-blank line)"
+    if index.examples == 0:
+        return "no trainable example"
+    if index.bad_lines / index.total_lines > max_bad_fraction:
+        return (f"{index.bad_lines} of {index.total_lines} lines are bad "
+                f"({index.bad_lines / index.total_lines:.1%} > data.max_bad_fraction={max_bad_fraction})")
+    return None
+
+
+@dataclass
+class FeedRules:
+    """How the feed reads and judges files (from the data.* and daemon.* config)."""
+
+    seed: int
+    text_field: str
+    max_line_bytes: int
+    max_bad_fraction: float
+    skip_duplicates: bool = False
 
 
 class InboxFeed:
     """Hands out settled inbox files oldest first; the unfinished file of the run comes first."""
 
-    def __init__(self, inbox: Inbox, ledger: callable, seed: int, text_field: str,
-                 stop: StopRequest, status: Status, poll_seconds: float, drain: bool) -> None:
-        self.inbox, self._ledger, self.seed, self.text_field = inbox, ledger, seed, text_field
-        self.stop, self.status, self.poll_seconds, self.drain = stop, status, poll_seconds, drain
+    def __init__(self, inbox: Inbox, ledger: callable, rules: FeedRules, stop: StopRequest,
+                 status: Status, guard: CrashGuard, poll_seconds: float, drain: bool) -> None:
+        self.inbox, self._ledger, self.rules = inbox, ledger, rules
+        self.stop, self.status, self.guard = stop, status, guard
+        self.poll_seconds, self.drain = poll_seconds, drain
         self.finished = False  # no more files will come (drain mode and the inbox is empty)
         self._handed_out: set[tuple] = set()
         self._next_ordinal: int | None = None
@@ -95,14 +127,19 @@ class InboxFeed:
         current = ledger.current
         if current is None:
             return None
+        safe = current.name == Path(current.name).name and not current.name.startswith(".")
         path = self.inbox.dir / current.name
-        index = _index(path, self.text_field) if path.is_file() else None
+        index = (_index(path, self.rules.text_field, self.rules.max_line_bytes)
+                 if safe and path.is_file() and not path.is_symlink() else None)
         if index is None or index.sha256 != current.sha256:
             untrained = current.examples - current.examples_trained
             why = "is missing" if index is None else "changed (sha256 differs)"
             log.error("inbox/%s %s: abandoning it with %d example(s) untrained",
                       current.name, why, untrained)
             ledger.finish(step=current.first_step or 0, status="abandoned")
+            return None
+        if self._poisoned(path, index, current.name):
+            ledger.finish(step=current.first_step or 0, status="failed")
             return None
         self._handed_out.add(_identity(path))
         return PreparedFile(path, index, current, delete_when_done=True)
@@ -119,47 +156,74 @@ class InboxFeed:
                 return prepared
         return None
 
+    def _reject(self, path: Path, reason: str, index: FileIndex | None = None, **details: object) -> None:
+        self.inbox.quarantine(path, reason, **_line_report(index), **details)
+        self._ledger().reject(path.name, index.sha256 if index else None, reason)
+
+    def _poisoned(self, path: Path, index: FileIndex, name: str) -> bool:
+        crash = self.guard.poisoned(name, index.sha256)
+        if crash is None:
+            return False
+        self._reject(path, f"the process died {crash['count']} times in a row while training step "
+                           f"{crash['step']} of this file", index, crash=crash)
+        self.guard.clear_history()
+        return True
+
     def _prepare(self, path: Path) -> PreparedFile | None:
         if path.is_symlink():
-            self.inbox.quarantine(path, "symlink: pipelines must deliver real files")
+            self._reject(path, "symlink: pipelines must deliver real files (the link was not followed)")
+            return None
+        if not path.is_file():
+            self._reject(path, "not a regular file (a directory or a special file)")
             return None
         try:
-            index = _index(path, self.text_field)
+            index = _index(path, self.rules.text_field, self.rules.max_line_bytes)
         except FileNotFoundError:
             return None
         except OSError as err:
-            self.inbox.quarantine(path, f"unreadable: {err}")
+            self._reject(path, f"unreadable: {err}")
             return None
-        if index.examples == 0:
-            self.inbox.quarantine(path, "no trainable example", bad_lines=index.bad_lines,
-                                  total_lines=index.total_lines, first_errors=index.first_errors)
+        reason = rejection(index, self.rules.max_bad_fraction)
+        if reason is not None:
+            self._reject(path, reason, index)
             return None
-        record = _record(path, index, self._next_ordinal, self.seed)
-        done = self._ledger().find_done(record)
+        if self._poisoned(path, index, path.name):
+            return None
+        record = _record(path, index, self._next_ordinal, self.rules.seed)
+        ledger = self._ledger()
+        done = ledger.find_done(record)
         if done is not None:
             # Trained and checkpointed, but the process died before the delete: finish the delete.
             log.info("inbox/%s was already trained (steps %s-%s): deleting it",
                      path.name, done.first_step, done.last_step)
             self.inbox.delete(path)
             return None
+        twin = ledger.find_content(index.sha256)
+        if twin is not None and self.rules.skip_duplicates:
+            self._reject(path, f"duplicate of {twin.name} (file #{twin.ordinal}, steps {twin.first_step}-"
+                               f"{twin.last_step}) and daemon.skip_duplicates=true", index)
+            return None
+        if twin is not None:
+            log.info("inbox/%s has the same content as %s (file #%d): training it again as a new file",
+                     path.name, twin.name, twin.ordinal)
         return PreparedFile(path, index, record, delete_when_done=True)
 
 
 class SingleFileFeed:
     """One file given on the command line: train it (or finish it), never delete it."""
 
-    def __init__(self, path: Path, ledger: callable, seed: int, text_field: str) -> None:
-        self.path, self._ledger, self.seed, self.text_field = path, ledger, seed, text_field
+    def __init__(self, path: Path, ledger: callable, rules: FeedRules) -> None:
+        self.path, self._ledger, self.rules = path, ledger, rules
         self.finished = False
 
     def next_file(self, block: bool) -> PreparedFile | None:
         if self.finished:
             return None
         self.finished = True
-        index = _index(self.path, self.text_field)
-        if index.examples == 0:
-            raise DataError(f"{self.path}: no trainable example ({index.bad_lines} bad line(s) of "
-                            f"{index.total_lines}; first: {index.first_errors[:3]})")
+        index = _index(self.path, self.rules.text_field, self.rules.max_line_bytes)
+        reason = rejection(index, self.rules.max_bad_fraction)
+        if reason is not None:
+            raise DataError(f"{self.path}: {reason} (first errors: {index.first_errors[:3]})")
         ledger = self._ledger()
         current = ledger.current
         if current is not None:
@@ -168,7 +232,7 @@ class SingleFileFeed:
             raise DataError(
                 f"the run has an unfinished file {current.name} ({current.examples_trained}/"
                 f"{current.examples} examples trained): finish it first with data.path=<that file>")
-        record = _record(self.path, index, ledger.files_started + 1, self.seed)
+        record = _record(self.path, index, ledger.files_started + 1, self.rules.seed)
         return PreparedFile(self.path, index, record, delete_when_done=False)
 
 

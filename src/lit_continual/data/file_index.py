@@ -6,6 +6,7 @@ The file is never held in memory; examples are read back by offset when their ba
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,29 +34,40 @@ class FileIndex:
         return len(self.offsets)
 
     @classmethod
-    def scan(cls, path: Path, text_field: str) -> FileIndex:
-        """Read `path` once; blank lines are ignored, invalid ones counted with their line number."""
+    def scan(cls, path: Path, text_field: str, max_line_bytes: int = 64 << 20) -> FileIndex:
+        """Read `path` once; blank lines are ignored, invalid ones counted with their line number.
+
+        A line longer than `max_line_bytes` is a bad line and is skipped without being held in
+        memory, so one enormous line cannot exhaust the machine.
+        """
         digest = hashlib.sha256()
-        offsets: list[int] = []
-        total = bad = 0
+        offsets = array("q")
+        total = bad = number = position = 0
         errors: list[dict] = []
-        position = 0
         with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            while raw := handle.readline(max_line_bytes + 1):
+                number += 1
                 digest.update(raw)
                 start, position = position, position + len(raw)
-                if not raw.strip():
+                if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                    position += _skip_rest_of_line(handle, digest)
+                    problem = f"line longer than data.max_line_bytes={max_line_bytes}"
+                elif not raw.strip():
                     continue
+                else:
+                    try:
+                        parse_line(raw, text_field)
+                        problem = None
+                    except BadLine as err:
+                        problem = str(err)
                 total += 1
-                try:
-                    parse_line(raw, text_field)
-                except BadLine as err:
-                    bad += 1
-                    if len(errors) < MAX_REPORTED_ERRORS:
-                        errors.append({"line": number, "error": str(err)})
+                if problem is None:
+                    offsets.append(start)
                     continue
-                offsets.append(start)
-        return cls(path, digest.hexdigest(), position, np.asarray(offsets, dtype=np.int64),
+                bad += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append({"line": number, "error": problem})
+        return cls(path, digest.hexdigest(), position, np.frombuffer(offsets, dtype=np.int64),
                    total, bad, errors)
 
     def read(self, positions: np.ndarray, text_field: str) -> list[dict]:
@@ -66,3 +78,14 @@ class FileIndex:
                 handle.seek(int(self.offsets[pos]))
                 records.append(parse_line(handle.readline(), text_field))
         return records
+
+
+def _skip_rest_of_line(handle, digest) -> int:
+    """Consume (and hash) the remainder of an overlong line; return how many bytes."""
+    skipped = 0
+    while chunk := handle.readline(1 << 20):
+        digest.update(chunk)
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped

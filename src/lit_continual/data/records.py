@@ -12,6 +12,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
+# Text beyond max_length * this many characters cannot survive truncation (no tokenizer we
+# know makes tokens that long), so it is cut before tokenizing: a 64 MiB line costs no more.
+CHARS_PER_TOKEN_BOUND = 64
 
 
 class BadLine(ValueError):
@@ -45,7 +48,8 @@ class TextFormat:
         if not records:
             return []
         tok = self.tokenizer
-        texts = [r[self.text_field] for r in records]
+        limit = self.max_length * CHARS_PER_TOKEN_BOUND
+        texts = [r[self.text_field][:limit] for r in records]
         encoded = tok(texts, add_special_tokens=False)["input_ids"]
         prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
         out = []

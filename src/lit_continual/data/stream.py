@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_continual.data.feed import InboxFeed, PreparedFile, SingleFileFeed
+from lit_continual.crash_guard import CrashGuard
+from lit_continual.data.feed import FeedRules, InboxFeed, PreparedFile, SingleFileFeed
 from lit_continual.data.records import TextFormat, collate
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
@@ -60,7 +61,7 @@ class FileStream(IterableDataset):
                 batch["meta"] = {
                     "file": record, "path": prepared.path, "examples": len(positions),
                     "tokens": int(batch["attention_mask"].sum()),
-                    "first_of_file": position == start and j == 0,
+                    "first_of_file": position == start and j == 0, "window_start": j == 0,
                     "window_end": j == windows - 1, "file_end": file_end and j == windows - 1,
                     "delete_when_done": prepared.delete_when_done,
                 }
@@ -73,7 +74,7 @@ class ContinualDataModule(L.LightningDataModule):
     """Owns the ledger (its state_dict is the data position saved in every checkpoint)."""
 
     def __init__(self, cfg: DictConfig, tokenizer, base_dir: Path, stop: StopRequest,
-                 status: Status) -> None:
+                 status: Status, guard: CrashGuard) -> None:
         super().__init__()
         self.ledger = Ledger()
         self.stop = stop
@@ -83,13 +84,14 @@ class ContinualDataModule(L.LightningDataModule):
         self.text_field = cfg.data.text_field
         self.pad_id = tokenizer.pad_token_id
         self.format = TextFormat(tokenizer, cfg.data.max_length, cfg.data.text_field)
+        rules = FeedRules(seed=cfg.seed, text_field=cfg.data.text_field, max_line_bytes=cfg.data.max_line_bytes,
+                          max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates)
+        self.inbox = Inbox(base_dir, cfg.daemon.settle_seconds)
         if cfg.data.source == "file":
-            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger,
-                                       cfg.seed, cfg.data.text_field)
+            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules)
         else:
-            self.inbox = Inbox(base_dir, cfg.daemon.settle_seconds)
-            self.feed = InboxFeed(self.inbox, lambda: self.ledger, cfg.seed, cfg.data.text_field,
-                                  stop, status, cfg.daemon.poll_seconds, cfg.daemon.exit_when_idle)
+            self.feed = InboxFeed(self.inbox, lambda: self.ledger, rules, stop, status, guard,
+                                  cfg.daemon.poll_seconds, cfg.daemon.exit_when_idle)
 
     @property
     def effective_batch(self) -> int:

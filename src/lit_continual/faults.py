@@ -1,0 +1,21 @@
+"""Test-only fault injection: `LIT_CONTINUAL_FAULT=<point>@<step>` SIGKILLs this process there.
+
+Points: `train` (an optimizer step is about to run), `step` (after the optimizer step, before
+any checkpoint), `checkpoint-tmp` (temp dir written and fsynced, before the rename),
+`retention` (an old checkpoint renamed to .trash-*, before it is deleted), `before-delete`
+(end-of-file checkpoint durable, before the inbox delete). Unset in production: a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "LIT_CONTINUAL_FAULT"
+_SPEC = os.environ.get(ENV, "")
+
+
+def point(name: str, step: int) -> None:
+    """SIGKILL this process if the fault spec names this point and step."""
+    if _SPEC and _SPEC == f"{name}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
