@@ -36,14 +36,40 @@ def write_jsonl(path: Path, lines: int, seed: int = 0, bad: dict[int, str] | Non
     return path
 
 
+EXACT = ["logging.every_n_steps=1", "checkpoint.every_n_steps=40", "checkpoint.log_history_max=5000"]
+EXACT_LINES = 1600  # 200 steps per file at batch 8
+
+
+def fill_exact(base: Path) -> None:
+    """Two 1600-line files (one older than two): the stream every exact-resume test uses."""
+    now = time.time()
+    write_jsonl(base / "inbox" / "one.jsonl", EXACT_LINES, seed=11, mtime=now - 20)
+    write_jsonl(base / "inbox" / "two.jsonl", EXACT_LINES, seed=12, mtime=now - 10)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run of the exact stream, shared by the resume and kill tests."""
+    base = tmp_path_factory.mktemp("reference") / "run"
+    fill_exact(base)
+    result = run_daemon(base, *EXACT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base
+
+
 def daemon_cmd(base: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "lit_continual", "daemon", "--base-dir", str(base), *FAST, *overrides]
 
 
-def run_daemon(base: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Drain the inbox with a real daemon process and return its result."""
+def run_daemon(base: Path, *overrides: str, timeout: float = 300, fault: str | None = None
+               ) -> subprocess.CompletedProcess:
+    """Drain the inbox with a real daemon process; `fault` = LIT_CONTINUAL_FAULT (point@step)."""
+    env = dict(os.environ)
+    env.pop("LIT_CONTINUAL_FAULT", None)
+    if fault:
+        env["LIT_CONTINUAL_FAULT"] = fault
     return subprocess.run(daemon_cmd(base, "daemon.exit_when_idle=true", *overrides),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
 def start_daemon(base: Path, *overrides: str) -> subprocess.Popen:

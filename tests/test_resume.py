@@ -11,6 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import (
+    EXACT,
+    EXACT_LINES,
+    fill_exact,
     log_text,
     logged_step,
     newest,
@@ -19,27 +22,9 @@ from tests.conftest import (
     status,
     trainer_state,
     wait_for,
-    write_jsonl,
 )
 
-EXACT = ["logging.every_n_steps=1", "checkpoint.every_n_steps=40", "checkpoint.log_history_max=5000"]
-LINES = 1600  # 200 steps per file at batch 8: long enough to stop in the middle
-
-
-def _fill(base: Path) -> None:
-    now = time.time()
-    write_jsonl(base / "inbox" / "one.jsonl", LINES, seed=11, mtime=now - 20)
-    write_jsonl(base / "inbox" / "two.jsonl", LINES, seed=12, mtime=now - 10)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run."""
-    base = tmp_path_factory.mktemp("reference") / "run"
-    _fill(base)
-    result = run_daemon(base, *EXACT)
-    assert result.returncode == 0, result.stdout
-    return base
+LINES = EXACT_LINES
 
 
 def _stop_when(base: Path, proc, step: int, how: str) -> float:
@@ -57,7 +42,7 @@ def _stop_when(base: Path, proc, step: int, how: str) -> float:
 def interrupted(tmp_path_factory) -> tuple[Path, list[float]]:
     """Stopped by .stop in file one, by SIGTERM in file two, then drained by a third process."""
     base = tmp_path_factory.mktemp("interrupted") / "run"
-    _fill(base)
+    fill_exact(base)
     latencies = []
     proc = start_daemon(base, *EXACT)
     latencies.append(_stop_when(base, proc, 50, "stop-file"))

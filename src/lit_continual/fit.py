@@ -79,7 +79,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
         # purge_step: events a killed process logged after the checkpoint we resume from are
         # dropped, so TensorBoard never shows a doubled curve.
         logger=TensorBoardLogger(save_dir=str(base_dir), name="tensorboard", version="", default_hp_metric=False,
-                                 flush_secs=5, purge_step=checkpoints.step_of(resume) + 1 if resume else None),
+                                 flush_secs=5, purge_step=(checkpoints.step_of(resume) if resume else 0) + 1),
         plugins=[DirectoryCheckpointIO(model.peft_config["default"], base_path)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         log_every_n_steps=cfg.logging.every_n_steps, num_sanity_val_steps=0,

@@ -1,0 +1,86 @@
+"""SIGKILL anywhere, restart, and the final adapter is bit-identical to an uninterrupted run.
+
+Kill steps come from a seeded RNG and are printed, so a failure can be replayed. Each kill uses
+the test-only fault hook (LIT_CONTINUAL_FAULT=point@step: the process SIGKILLs itself there).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import EXACT, EXACT_LINES, fill_exact, log_text, newest, run_daemon, trainer_state
+
+KILL_SEED = 2026
+
+
+def kill_plan(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        "checkpoint-tmp@40",              # temp dir written and fsynced, not yet renamed
+        f"train@{rng.randint(41, 150)}",  # in the middle of an optimizer step
+        "retention@40",                   # checkpoint-40 renamed to .trash-*, not yet deleted (at step 160)
+        f"step@{rng.randint(161, 199)}",  # after a step, before any checkpoint
+        "before-delete@200",              # end-of-file checkpoint durable, inbox delete not done
+        f"step@{rng.randint(201, 399)}",  # in file two
+    ]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("killed") / "run"
+    fill_exact(base)
+    plan = kill_plan(KILL_SEED)
+    print(f"kill plan (seed {KILL_SEED}): {plan}")
+    for fault in plan:
+        result = run_daemon(base, *EXACT, fault=fault)
+        assert result.returncode == -signal.SIGKILL, f"{fault} did not fire:\n{result.stdout}{result.stderr}"
+    result = run_daemon(base, *EXACT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base
+
+
+def test_final_adapter_bit_identical_after_kills(reference, killed):
+    mine = load_file(newest(killed) / "adapter_model.safetensors")
+    theirs = load_file(newest(reference) / "adapter_model.safetensors")
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    mine_opt = torch.load(newest(killed) / "optimizer.pt", weights_only=True)["state"]
+    theirs_opt = torch.load(newest(reference) / "optimizer.pt", weights_only=True)["state"]
+    assert all(torch.equal(mine_opt[i]["exp_avg_sq"], theirs_opt[i]["exp_avg_sq"]) for i in theirs_opt)
+
+
+def test_each_example_trained_exactly_once_and_same_steps(reference, killed):
+    ledger = json.loads((newest(killed) / "ledger.json").read_text())
+    done = [(r["name"], r["first_step"], r["last_step"], r["examples_trained"]) for r in ledger["files_done"]]
+    assert done == [("one.jsonl", 1, 200, EXACT_LINES), ("two.jsonl", 201, 400, EXACT_LINES)]
+    assert ledger["examples_trained_total"] == 2 * EXACT_LINES
+    got = [(e["step"], e["loss"]) for e in trainer_state(newest(killed))["log_history"]]
+    expected = [(e["step"], e["loss"]) for e in trainer_state(newest(reference))["log_history"]]
+    assert got == expected
+
+
+def test_interrupted_delete_is_finished_not_retrained(killed):
+    text = log_text(killed)
+    assert "inbox/one.jsonl was already trained (steps 1-200): deleting it" in text
+    assert not list((killed / "inbox").iterdir())
+
+
+def test_no_temp_or_trash_left_and_tensorboard_not_doubled(killed):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert not [p for p in (killed / "current_model").iterdir() if p.name.startswith(".")]
+    events = EventAccumulator(str(killed / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 401))
+
+
+def test_unrelated_kills_never_trip_the_crash_guard(killed):
+    assert not (killed / "failed").exists() or not list((killed / "failed").iterdir())
+    assert "died while training" in log_text(killed)
