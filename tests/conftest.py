@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -118,3 +120,32 @@ def logged_step(base: Path) -> int:
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """In-process runs install SIGTERM/SIGINT handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def train_here(base: Path, *overrides: str) -> int:
+    """Run the library function `train(cfg)` in this process; returns the exit code."""
+    from lit_continual.config import compose
+    from lit_continual.run import train
+
+    return train(compose([f"base_dir={base}", *FAST, *overrides]))
+
+
+def one_file(path: Path, *overrides: str) -> list[str]:
+    return ["data=inbox_file", f"data.path={path}", *overrides]
+
+
+def stop_after(monkeypatch, checks: int) -> None:
+    """Make the run see a stop request after `checks` looks (a .stop arriving mid-file)."""
+    from lit_continual.stop import StopRequest
+
+    counter = itertools.count()
+    monkeypatch.setattr(StopRequest, "requested", property(lambda self: next(counter) >= checks))

@@ -87,6 +87,8 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
     )
     if resume is not None:
         log.info("Resuming from checkpoint: %s", resume.name)
+        step = checkpoints.step_of(resume)
+        status.update(current_step=step, total_steps=step, last_checkpoint=resume.name)
     else:
         log.info("No checkpoint in %s: starting the run at step 0", models_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)

@@ -51,7 +51,9 @@ class LossHistory(L.Callback):
 
     def _append(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        loss = float(self._loss_sum) / self._steps if self._steps else float("nan")
+        if not self._steps:
+            return  # every step since the previous entry was skipped as non-finite: no loss to report
+        loss = float(self._loss_sum) / self._steps
         self._loss_sum, self._steps = torch.zeros(()), 0
         entry = {"step": step, "loss": round(loss, 6), "learning_rate": self._lr}
         self.log_history.append(entry)
