@@ -25,7 +25,7 @@ test: install
 	$(BIN)/pytest -q
 
 soak: install
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -s -m slow
 
 bench: install
 	$(BIN)/python benchmarks/daemon_throughput.py
