@@ -29,6 +29,7 @@ class Inbox:
     def waiting(self) -> list[Path]:
         """Every `*.jsonl` file in the inbox, settling ones included, oldest first."""
         entries = []
+        self.dir.mkdir(parents=True, exist_ok=True)  # an operator may have removed it
         with os.scandir(self.dir) as scan:
             for entry in scan:
                 if entry.name.startswith(".") or entry.name.endswith(IGNORED_SUFFIXES):

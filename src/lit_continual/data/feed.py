@@ -170,6 +170,13 @@ class InboxFeed:
         return True
 
     def _prepare(self, path: Path) -> PreparedFile | None:
+        try:
+            return self._judge(path)
+        except FileNotFoundError:
+            log.warning("inbox/%s disappeared before it could be claimed", path.name)
+            return None
+
+    def _judge(self, path: Path) -> PreparedFile | None:
         if path.is_symlink():
             self._reject(path, "symlink: pipelines must deliver real files (the link was not followed)")
             return None
@@ -179,7 +186,7 @@ class InboxFeed:
         try:
             index = _index(path, self.rules.text_field, self.rules.max_line_bytes)
         except FileNotFoundError:
-            return None
+            raise
         except OSError as err:
             self._reject(path, f"unreadable: {err}")
             return None
