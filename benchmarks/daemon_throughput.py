@@ -62,7 +62,7 @@ def raw_round() -> dict:
 
     from lit_continual.config import compose
     from lit_continual.data.file_index import FileIndex
-    from lit_continual.data.records import TextFormat, collate
+    from lit_continual.data.records import Encoder, RecordSpec, collate
     from lit_continual.models import apply_lora, load_base
     from lit_continual.sample_data import write_file
 
@@ -72,14 +72,14 @@ def raw_round() -> dict:
         torch.set_num_threads(cfg.trainer.num_threads)
         model, tokenizer, _ = load_base(cfg, base)
         model = apply_lora(model, cfg.lora, cfg.seed)
-        index = FileIndex.scan(write_file(base / "f.jsonl", LINES, 0), "text")
-        fmt = TextFormat(tokenizer, cfg.data.max_length)
+        index = FileIndex.scan(write_file(base / "f.jsonl", LINES, 0), RecordSpec())
+        fmt = Encoder(tokenizer, cfg.data.max_length)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
         steps = LINES // 8
         start = time.perf_counter()
         tokens = 0
         for step in range(steps):
-            records = index.read(range(step * 8, step * 8 + 8), "text")
+            records = index.read(range(step * 8, step * 8 + 8), RecordSpec())
             batch = collate(fmt.encode(records), tokenizer.pad_token_id)
             tokens += int(batch["attention_mask"].sum())
             loss = model(**batch).loss

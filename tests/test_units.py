@@ -13,7 +13,7 @@ import pytest
 
 from lit_continual import checkpoints
 from lit_continual.data.file_index import FileIndex
-from lit_continual.data.records import IGNORE, collate
+from lit_continual.data.records import IGNORE, RecordSpec, collate
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import FileRecord, Ledger
 from lit_continual.logs import DailyFileHandler
@@ -24,11 +24,11 @@ from tests.conftest import write_jsonl
 def test_file_index_counts_blank_and_bad_lines_and_reads_back_by_offset(tmp_path: Path):
     path = tmp_path / "f.jsonl"
     path.write_bytes(b'{"text": "one"}\n\n{bad\n"str"\n{"text": "   "}\n{"text": "two", "x": 1}\n\xff\xfe\n')
-    index = FileIndex.scan(path, "text")
+    index = FileIndex.scan(path, RecordSpec())
     assert index.examples == 2 and index.total_lines == 6 and index.bad_lines == 4
     assert [e["line"] for e in index.first_errors] == [3, 4, 5, 7]
     assert index.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert [r["text"] for r in index.read([1, 0], "text")] == ["two", "one"]
+    assert [r["text"] for r in index.read([1, 0], RecordSpec())] == ["two", "one"]
 
 
 def test_inbox_lists_jsonl_oldest_first_and_ignores_partial_hidden_and_other_names(tmp_path: Path, caplog):

@@ -55,6 +55,9 @@ def validate(cfg: DictConfig) -> None:
              "must be a positive number <= daemon.retry_max_seconds")
     _require(cfg, "checkpoint.min_free_mb", _number(cfg.checkpoint.min_free_mb) and cfg.checkpoint.min_free_mb >= 0,
              "must be a number >= 0")
+    from lit_continual.data.records import FORMATS
+
+    _require(cfg, "data.format", cfg.data.format in FORMATS, f"must be one of {', '.join(FORMATS)}")
     _require(cfg, "data.source", cfg.data.source in ("inbox", "file"), "must be inbox or file")
     if cfg.data.source == "file":
         _require(cfg, "data.path", bool(cfg.data.path) and Path(cfg.data.path).is_file(),
@@ -84,8 +87,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 RUN_DEFINING = ("model", "lora", "seed", "data.batch_size", "data.max_length", "data.shuffle",
-                "data.text_field", "data.max_line_bytes", "data.format", "data.packing",
-                "trainer.accumulate_grad_batches")
+                "data.format", "data.text_field", "data.prompt_field", "data.completion_field",
+                "data.messages_field", "data.max_line_bytes", "data.packing", "trainer.accumulate_grad_batches")
 ADJUSTABLE = ("optim", "scheduler", "trainer.gradient_clip_val", "trainer.precision")
 
 

@@ -71,7 +71,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
                  LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, status),
                  FileLifecycle(datamodule, models_dir, policy, stop, status, guard)]
     if cfg.logging.progress_bar and sys.stderr.isatty():
-        callbacks.append(FileProgressBar(status, datamodule.effective_batch))
+        callbacks.append(FileProgressBar(status))
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=1, precision=_precision(cfg),
         max_epochs=-1, max_steps=-1, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,

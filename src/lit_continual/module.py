@@ -30,7 +30,10 @@ class LoRAModule(L.LightningModule):
         self.step_skipped = False  # set by NonFiniteGuard when this window's update is dropped
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Packed batches carry position_ids and no attention_mask: transformers then builds a
+        # block-diagonal causal mask from the restarting positions (no cross-example attention).
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        logits = self.model(**inputs, use_cache=False).logits
         labels = batch["labels"][:, 1:]
         loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                    ignore_index=-100, reduction="sum")

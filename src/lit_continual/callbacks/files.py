@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ class FileLifecycle(L.Callback):
         ledger.begin(meta["file"], step=trainer.global_step + 1)
         record = ledger.current
         remaining = record.examples - record.examples_trained
-        end = trainer.global_step + math.ceil(remaining / self.dm.effective_batch)
+        end = trainer.global_step + meta["file_steps_left"]
         if self.newest is not None:
             log.info("Resuming from checkpoint: %s", self.newest)
         log.info("File %s (#%d): %d examples, %d left, steps %d-%d", record.name, record.ordinal,

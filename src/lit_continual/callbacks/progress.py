@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -13,8 +11,8 @@ from lit_continual.status import Status
 class FileProgressBar(L.Callback):
     """Only used when stderr is a terminal; otherwise the log lines tell the same story."""
 
-    def __init__(self, status: Status, effective_batch: int) -> None:
-        self.status, self.effective_batch = status, effective_batch
+    def __init__(self, status: Status) -> None:
+        self.status = status
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
                                  TimeRemainingColumn(), transient=False)
@@ -25,12 +23,12 @@ class FileProgressBar(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch["meta"]["first_of_file"]:
-            record = batch["meta"]["file"]
-            total = math.ceil(record.examples / self.effective_batch)
+            meta = batch["meta"]
+            total = meta["file_steps_total"]
             if self.task is not None:
                 self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(record.name, total=total, loss="-", tps="-",
-                                               completed=record.examples_trained // self.effective_batch)
+            self.task = self.progress.add_task(meta["file"].name, total=total, loss="-", tps="-",
+                                               completed=total - meta["file_steps_left"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.task is not None and batch["meta"]["window_end"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.file_index import FileIndex
+from lit_continual.data.records import RecordSpec
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import FileRecord
 from lit_continual.status import Status
@@ -42,8 +44,8 @@ def shuffle_seed(run_seed: int, ordinal: int) -> int:
     return int(np.random.SeedSequence([run_seed, ordinal]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _index(path: Path, text_field: str, max_line_bytes: int) -> FileIndex:
-    index = FileIndex.scan(path, text_field, max_line_bytes)
+def _index(path: Path, rules: FeedRules) -> FileIndex:
+    index = FileIndex.scan(path, rules.spec, rules.max_line_bytes, rules.measure)
     if index.bad_lines:
         shown = "; ".join(f"line {e['line']}: {e['error']}" for e in index.first_errors)
         log.warning("%s: %d bad line(s) of %d (%s)", path.name, index.bad_lines, index.total_lines, shown)
@@ -82,10 +84,11 @@ class FeedRules:
     """How the feed reads and judges files (from the data.* and daemon.* config)."""
 
     seed: int
-    text_field: str
+    spec: RecordSpec
     max_line_bytes: int
     max_bad_fraction: float
     skip_duplicates: bool = False
+    measure: Callable[[list[dict]], list[int]] | None = None  # token lengths, when packing
 
 
 class InboxFeed:
@@ -129,7 +132,7 @@ class InboxFeed:
             return None
         safe = current.name == Path(current.name).name and not current.name.startswith(".")
         path = self.inbox.dir / current.name
-        index = (_index(path, self.rules.text_field, self.rules.max_line_bytes)
+        index = (_index(path, self.rules)
                  if safe and path.is_file() and not path.is_symlink() else None)
         if index is None or index.sha256 != current.sha256:
             untrained = current.examples - current.examples_trained
@@ -184,7 +187,7 @@ class InboxFeed:
             self._reject(path, "not a regular file (a directory or a special file)")
             return None
         try:
-            index = _index(path, self.rules.text_field, self.rules.max_line_bytes)
+            index = _index(path, self.rules)
         except FileNotFoundError:
             raise
         except OSError as err:
@@ -227,7 +230,7 @@ class SingleFileFeed:
         if self.finished:
             return None
         self.finished = True
-        index = _index(self.path, self.rules.text_field, self.rules.max_line_bytes)
+        index = _index(self.path, self.rules)
         reason = rejection(index, self.rules.max_bad_fraction)
         if reason is not None:
             raise DataError(f"{self.path}: {reason} (first errors: {index.first_errors[:3]})")

@@ -1,6 +1,12 @@
 """Record -> tokens. One place decides what a JSONL line means and which tokens carry loss.
 
-Plain text today; chat and prompt/completion formats slot in as more `Format`s.
+Formats, detected per line with `data.format=auto` (messages first, then prompt/completion,
+then text — by which keys the line has):
+- text:              `{"text": ...}`               loss on every token + EOS;
+- prompt_completion: `{"prompt": ..., "completion": ...}` loss on the completion + EOS only;
+- messages:          `{"messages": [{"role", "content"}, ...]}` rendered with the tokenizer's
+                     chat template; loss on the assistant turns only.
+BOS (when the tokenizer has one) starts every example and carries no loss.
 """
 
 from __future__ import annotations
@@ -15,13 +21,70 @@ IGNORE = -100
 # Text beyond max_length * this many characters cannot survive truncation (no tokenizer we
 # know makes tokens that long), so it is cut before tokenizing: a 64 MiB line costs no more.
 CHARS_PER_TOKEN_BOUND = 64
+FORMATS = ("auto", "text", "prompt_completion", "messages")
+
+Example = tuple[list[int], list[int]]  # input_ids, labels (IGNORE where no loss)
 
 
 class BadLine(ValueError):
     """A line that is not a usable example; the message says why."""
 
 
-def parse_line(raw: bytes, text_field: str) -> dict:
+@dataclass(frozen=True)
+class RecordSpec:
+    """Which format to read and the JSON field names of each (data.format, data.*_field)."""
+
+    format: str = "auto"
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+
+    def kind(self, record: dict) -> str:
+        """The format of `record`, validated; raise BadLine if it matches none."""
+        if self.format != "auto":
+            _CHECKS[self.format](self, record)
+            return self.format
+        for kind in ("messages", "prompt_completion", "text"):
+            if any(key in record for key in self._keys(kind)):
+                _CHECKS[kind](self, record)
+                return kind
+        raise BadLine(f'matches no format: no "{self.messages_field}", "{self.prompt_field}"/'
+                      f'"{self.completion_field}" or "{self.text_field}" field')
+
+    def _keys(self, kind: str) -> tuple[str, ...]:
+        return {"messages": (self.messages_field,), "text": (self.text_field,),
+                "prompt_completion": (self.prompt_field, self.completion_field)}[kind]
+
+
+def _check_text(spec: RecordSpec, record: dict) -> None:
+    text = record.get(spec.text_field)
+    if not isinstance(text, str) or not text.strip():
+        raise BadLine(f'no non-empty "{spec.text_field}" string')
+
+
+def _check_prompt_completion(spec: RecordSpec, record: dict) -> None:
+    prompt, completion = record.get(spec.prompt_field), record.get(spec.completion_field)
+    if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+        raise BadLine(f'"{spec.prompt_field}" must be a string and "{spec.completion_field}" a non-empty string')
+
+
+def _check_messages(spec: RecordSpec, record: dict) -> None:
+    messages = record.get(spec.messages_field)
+    if not isinstance(messages, list) or not messages:
+        raise BadLine(f'"{spec.messages_field}" must be a non-empty list')
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise BadLine(f'"{spec.messages_field}"[{i}] must be {{"role": str, "content": str}}')
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise BadLine(f'"{spec.messages_field}" has no non-empty assistant turn')
+
+
+_CHECKS = {"text": _check_text, "prompt_completion": _check_prompt_completion, "messages": _check_messages}
+
+
+def parse_line(raw: bytes, spec: RecordSpec) -> dict:
     """Decode and validate one JSONL line; raise BadLine with the reason."""
     try:
         record = json.loads(raw)
@@ -29,38 +92,68 @@ def parse_line(raw: bytes, text_field: str) -> dict:
         raise BadLine(f"not JSON: {err}") from None
     if not isinstance(record, dict):
         raise BadLine(f"not a JSON object ({type(record).__name__})")
-    text = record.get(text_field)
-    if not isinstance(text, str) or not text.strip():
-        raise BadLine(f'no non-empty "{text_field}" string')
+    spec.kind(record)
     return record
 
 
 @dataclass
-class TextFormat:
-    """`{"text": ...}`: loss on every token; BOS prepended (no loss), EOS appended (with loss)."""
+class Encoder:
+    """Turns records into (input_ids, labels) of at most max_length tokens."""
 
     tokenizer: PreTrainedTokenizerBase
     max_length: int
-    text_field: str = "text"
+    spec: RecordSpec = RecordSpec()
 
-    def encode(self, records: list[dict]) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, labels) per record, truncated to max_length."""
-        if not records:
-            return []
-        tok = self.tokenizer
-        limit = self.max_length * CHARS_PER_TOKEN_BOUND
-        texts = [r[self.text_field][:limit] for r in records]
-        encoded = tok(texts, add_special_tokens=False)["input_ids"]
-        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        out = []
-        for ids in encoded:
-            ids = (prefix + ids)[: self.max_length - 1] + [tok.eos_token_id]
-            labels = [IGNORE] * len(prefix) + ids[len(prefix):]
-            out.append((ids, labels))
-        return out
+    def encode(self, records: list[dict]) -> list[Example]:
+        return [self.encode_one(r) for r in records]
+
+    def encode_one(self, record: dict) -> Example:
+        kind = self.spec.kind(record)
+        if kind == "text":
+            return self._text(record[self.spec.text_field])
+        if kind == "prompt_completion":
+            return self._prompt_completion(record[self.spec.prompt_field], record[self.spec.completion_field])
+        return self._messages(record[self.spec.messages_field])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text[: self.max_length * CHARS_PER_TOKEN_BOUND], add_special_tokens=False)["input_ids"]
+
+    def _bos(self) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return [bos] if bos is not None else []
+
+    def _text(self, text: str) -> Example:
+        bos = self._bos()
+        ids = (bos + self._ids(text))[: self.max_length - 1] + [self.tokenizer.eos_token_id]
+        return ids, [IGNORE] * len(bos) + ids[len(bos):]
+
+    def _prompt_completion(self, prompt: str, completion: str) -> Example:
+        bos = self._bos()
+        answer = self._ids(completion)[: self.max_length - len(bos) - 1] + [self.tokenizer.eos_token_id]
+        # A long prompt is cut from the left: the completion is what the example teaches.
+        room = self.max_length - len(bos) - len(answer)
+        question = self._ids(prompt[-room * CHARS_PER_TOKEN_BOUND:])[-room:] if room > 0 else []
+        return bos + question + answer, [IGNORE] * (len(bos) + len(question)) + answer
+
+    def _messages(self, messages: list[dict]) -> Example:
+        """Render turn by turn so each token's role is known; supervise assistant content only."""
+        template = self.tokenizer.apply_chat_template
+        ids, labels, rendered = [], [], ""
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                header = template(messages[:i], tokenize=False, add_generation_prompt=True)
+                piece = self._ids(header[len(rendered):])
+                ids, labels, rendered = ids + piece, labels + [IGNORE] * len(piece), header
+            full = template(messages[: i + 1], tokenize=False)
+            piece = self._ids(full[len(rendered):])
+            supervised = message["role"] == "assistant"
+            ids, labels, rendered = ids + piece, labels + (piece if supervised else [IGNORE] * len(piece)), full
+        bos = self._bos() if not rendered.startswith(self.tokenizer.bos_token or "\0") else []
+        ids, labels = bos + ids, [IGNORE] * len(bos) + labels
+        return ids[: self.max_length], labels[: self.max_length]
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example. An empty list gives one all-ignored row (zero weight)."""
     if not examples:
         examples = [([pad_id], [IGNORE])]
@@ -76,3 +169,32 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
         labels[row, : len(lab)] = torch.tensor(lab)
         attention[row, : len(ids)] = 1 if real else 0
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """Each row holds several examples back to back; position ids restart at every example.
+
+    No attention mask is passed: transformers then derives a block-diagonal causal mask from
+    the restarting position ids (SDPA/eager), so no token attends across examples. The tail
+    padding is its own block, with no loss.
+    """
+    rows = rows or [[]]
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    real_tokens = 0
+    for row, examples in enumerate(rows):
+        start = 0
+        for ids, lab in examples:
+            end = start + len(ids)
+            input_ids[row, start:end] = torch.tensor(ids)
+            labels[row, start:end] = torch.tensor(lab)
+            # An example's first token is never predicted (unpacked, nothing precedes it), so
+            # no loss crosses from one example into the next.
+            labels[row, start] = IGNORE
+            positions[row, start:end] = torch.arange(len(ids))
+            start = end
+        real_tokens += start
+        positions[row, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions,
+            "real_tokens": torch.tensor(real_tokens)}

@@ -1,11 +1,16 @@
 """The streaming DataModule: one endless epoch per burst of files, batches never span files.
 
+A file's examples are taken in its seeded permutation and grouped into *units*: one example
+each, or with `data.packing=true` runs of consecutive examples packed greedily into
+`max_length` tokens. A micro-batch is `data.batch_size` units, an optimizer step
+`accumulate_grad_batches` micro-batches; a file takes ceil(units / effective batch) steps.
 Each micro-batch carries `meta` (its file, how many examples, window/file ends) so that the
 ledger advances from what was *trained*, not from what the loader prefetched.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -16,11 +21,23 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.feed import FeedRules, InboxFeed, PreparedFile, SingleFileFeed
-from lit_continual.data.records import TextFormat, collate
+from lit_continual.data.records import Encoder, RecordSpec, collate, collate_packed
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
+
+
+def pack_bounds(lengths: np.ndarray, order: np.ndarray, max_length: int) -> np.ndarray:
+    """Start of each packed unit in `order` (plus len(order) at the end): greedy next-fit."""
+    bounds, used = [0], 0
+    for i, length in enumerate(lengths[order].tolist()):
+        if used + length > max_length and used:
+            bounds.append(i)
+            used = 0
+        used += length
+    bounds.append(len(order))
+    return np.asarray(bounds, dtype=np.int64)
 
 
 class FileStream(IterableDataset):
@@ -42,31 +59,35 @@ class FileStream(IterableDataset):
                 return
 
     def _batches(self, prepared: PreparedFile):
-        dm, record = self.dm, prepared.record
+        dm, record, index = self.dm, prepared.record, prepared.index
         n = record.examples
-        order = (np.random.default_rng(record.shuffle_seed).permutation(n)
-                 if dm.shuffle else np.arange(n))
+        order = np.random.default_rng(record.shuffle_seed).permutation(n) if dm.shuffle else np.arange(n)
+        bounds = (pack_bounds(index.lengths, order, dm.max_length) if dm.packing
+                  else np.arange(n + 1, dtype=np.int64))
         size, windows = dm.batch_size, dm.accumulate
-        start = position = record.examples_trained
-        while position < n:
+        units_total = len(bounds) - 1
+        unit = first = int(np.searchsorted(bounds, record.examples_trained))
+        steps = {"file_steps_total": math.ceil(units_total / (size * windows)),
+                 "file_steps_left": math.ceil((units_total - first) / (size * windows))}
+        while unit < units_total:
             if dm.stop.requested:
                 return False
-            window = order[position: position + size * windows]
-            parts = [window[i: i + size] for i in range(0, len(window), size)]
-            parts += [window[:0]] * (windows - len(parts))  # zero-weight fillers: a window never spans files
-            file_end = position + len(window) >= n
-            for j, positions in enumerate(parts):
-                examples = dm.format.encode(prepared.index.read(positions, dm.text_field))
-                batch = collate(examples, dm.pad_id)
+            window_end_unit = min(unit + size * windows, units_total)
+            parts = [(u, min(u + size, window_end_unit)) for u in range(unit, window_end_unit, size)]
+            parts += [(window_end_unit, window_end_unit)] * (windows - len(parts))  # zero-weight fillers
+            for j, (lo, hi) in enumerate(parts):
+                batch = dm.make_batch(index, order, bounds[lo: hi + 1] if hi > lo else bounds[:0])
+                examples = int(bounds[hi] - bounds[lo]) if hi > lo else 0
+                last = j == windows - 1
                 batch["meta"] = {
-                    "file": record, "path": prepared.path, "examples": len(positions),
-                    "tokens": int(batch["attention_mask"].sum()),
-                    "first_of_file": position == start and j == 0, "window_start": j == 0,
-                    "window_end": j == windows - 1, "file_end": file_end and j == windows - 1,
-                    "delete_when_done": prepared.delete_when_done,
+                    "file": record, "path": prepared.path, "examples": examples,
+                    "tokens": int(batch.pop("real_tokens")), "first_of_file": unit == first and j == 0,
+                    "window_start": j == 0, "window_end": last,
+                    "file_end": last and window_end_unit == units_total,
+                    "delete_when_done": prepared.delete_when_done, **steps,
                 }
                 yield batch
-            position += len(window)
+            unit = window_end_unit
         return True
 
 
@@ -81,11 +102,16 @@ class ContinualDataModule(L.LightningDataModule):
         self.batch_size = cfg.data.batch_size
         self.accumulate = cfg.trainer.accumulate_grad_batches
         self.shuffle = bool(cfg.data.shuffle)
-        self.text_field = cfg.data.text_field
+        self.packing = bool(cfg.data.packing)
+        self.max_length = cfg.data.max_length
         self.pad_id = tokenizer.pad_token_id
-        self.format = TextFormat(tokenizer, cfg.data.max_length, cfg.data.text_field)
-        rules = FeedRules(seed=cfg.seed, text_field=cfg.data.text_field, max_line_bytes=cfg.data.max_line_bytes,
-                          max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates)
+        self.spec = RecordSpec(cfg.data.format, cfg.data.text_field, cfg.data.prompt_field,
+                               cfg.data.completion_field, cfg.data.messages_field)
+        self.encoder = Encoder(tokenizer, cfg.data.max_length, self.spec)
+        measure = (lambda records: [len(ids) for ids, _ in self.encoder.encode(records)]) if self.packing else None
+        rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
+                          max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
+                          measure=measure)
         self.inbox = Inbox(base_dir, cfg.daemon.settle_seconds)
         if cfg.data.source == "file":
             self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules)
@@ -96,6 +122,23 @@ class ContinualDataModule(L.LightningDataModule):
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.accumulate
+
+    def make_batch(self, index, order: np.ndarray, unit_bounds: np.ndarray) -> dict[str, torch.Tensor]:
+        """Read, tokenize and collate the units whose bounds (into `order`) are given."""
+        if len(unit_bounds) < 2:
+            batch = collate([], self.pad_id)
+            batch["real_tokens"] = torch.tensor(0)
+            return batch
+        positions = order[unit_bounds[0]: unit_bounds[-1]]
+        examples = self.encoder.encode(index.read(positions, self.spec))
+        if not self.packing:
+            batch = collate(examples, self.pad_id)
+            batch["real_tokens"] = batch["attention_mask"].sum()
+            return batch
+        cuts = (unit_bounds - unit_bounds[0]).tolist()
+        rows = [examples[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        width = max(sum(len(ids) for ids, _ in row) for row in rows)
+        return collate_packed(rows, self.pad_id, width)
 
     def train_dataloader(self) -> DataLoader:
         # Its own generator: creating the loader iterator must not consume the global torch RNG,

@@ -34,6 +34,8 @@ def load_base(cfg: DictConfig, base_dir: Path) -> tuple[PreTrainedModel, PreTrai
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.model.name == "tiny" and not tokenizer.chat_template:
+        tokenizer.chat_template = tiny.CHAT_TEMPLATE  # base dirs built before chat support
     model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, dtype=dtype, trust_remote_code=remote
     )
