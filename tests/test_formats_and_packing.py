@@ -185,3 +185,20 @@ def test_mixed_formats_train_unpacked_in_the_daemon(tmp_path: Path):
     assert train_here(base, "daemon.exit_when_idle=true") == 0
     done = json.loads((newest(base) / "ledger.json").read_text())["files_done"]
     assert [(r["examples"], r["bad_lines"], r["last_step"]) for r in done] == [(48, 0, 6)]
+
+
+def test_next_file_is_indexed_while_the_current_one_trains(tmp_path: Path):
+    import time as clock
+
+    from tests.conftest import log_text, write_jsonl
+
+    base = tmp_path / "run"
+    now = clock.time()
+    write_jsonl(base / "inbox" / "first.jsonl", 400, seed=1, mtime=now - 20)
+    write_jsonl(base / "inbox" / "second.jsonl", 400, seed=2, mtime=now - 10)
+    assert train_here(base, "daemon.exit_when_idle=true") == 0
+    lines = log_text(base).splitlines()
+    indexed = next(i for i, line in enumerate(lines) if "Indexed second.jsonl: 400 examples" in line)
+    first_done = next(i for i, line in enumerate(lines) if "File first.jsonl done" in line)
+    assert indexed < first_done
+    assert "index 0.0 MB" in lines[indexed]  # 8 bytes per example

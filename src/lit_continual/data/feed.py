@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lit_continual.crash_guard import CrashGuard
-from lit_continual.data.file_index import FileIndex
+from lit_continual.data.file_index import FileIndex, IndexCancelled
 from lit_continual.data.records import RecordSpec
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import FileRecord
@@ -44,8 +45,12 @@ def shuffle_seed(run_seed: int, ordinal: int) -> int:
     return int(np.random.SeedSequence([run_seed, ordinal]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _index(path: Path, rules: FeedRules) -> FileIndex:
-    index = FileIndex.scan(path, rules.spec, rules.max_line_bytes, rules.measure)
+def _index(path: Path, rules: FeedRules, cancelled: Callable[[], bool] = lambda: False) -> FileIndex:
+    started = time.monotonic()
+    index = FileIndex.scan(path, rules.spec, rules.max_line_bytes, rules.measure, cancelled)
+    index_bytes = index.offsets.nbytes + (index.lengths.nbytes if index.lengths is not None else 0)
+    log.info("Indexed %s: %d examples in %.2f s (%.1f MB read, index %.1f MB)", path.name, index.examples,
+             time.monotonic() - started, index.size / 1e6, index_bytes / 1e6)
     if index.bad_lines:
         shown = "; ".join(f"line {e['line']}: {e['error']}" for e in index.first_errors)
         log.warning("%s: %d bad line(s) of %d (%s)", path.name, index.bad_lines, index.total_lines, shown)
@@ -102,6 +107,10 @@ class InboxFeed:
         self.finished = False  # no more files will come (drain mode and the inbox is empty)
         self._handed_out: set[tuple] = set()
         self._next_ordinal: int | None = None
+        # The next waiting file is indexed in the background while the current one trains,
+        # so a big file does not stall the run at the switch.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-ahead")
+        self._ahead: tuple[tuple, Future] | None = None
 
     def next_file(self, block: bool) -> PreparedFile | None:
         """The next file to train; None if there is none now (block=False) or a stop came."""
@@ -145,6 +154,7 @@ class InboxFeed:
             ledger.finish(step=current.first_step or 0, status="failed")
             return None
         self._handed_out.add(_identity(path))
+        self._index_ahead()
         return PreparedFile(path, index, current, delete_when_done=True)
 
     def _next_ready(self) -> PreparedFile | None:
@@ -156,8 +166,29 @@ class InboxFeed:
             if prepared is not None:
                 self._handed_out.add(key)
                 self._next_ordinal += 1
+                self._index_ahead()
                 return prepared
         return None
+
+    def _index_ahead(self) -> None:
+        """Start indexing the oldest settled file not handed out yet (one at a time)."""
+        if self._ahead is not None and not self._ahead[1].done():
+            return
+        for path in self.inbox.ready():
+            key = _identity(path)
+            if key is not None and key not in self._handed_out and path.is_file() and not path.is_symlink():
+                cancelled = lambda: self.stop.requested  # noqa: E731
+                self._ahead = (key, self._pool.submit(_index, path, self.rules, cancelled))
+                return
+
+    def _indexed(self, path: Path) -> FileIndex:
+        """The index of `path`: from the background pass if it indexed this very file."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == _identity(path):
+            return ahead[1].result()
+        if ahead is not None:
+            self._ahead = ahead  # indexed another file: keep it for later
+        return _index(path, self.rules)
 
     def _reject(self, path: Path, reason: str, index: FileIndex | None = None, **details: object) -> None:
         self.inbox.quarantine(path, reason, **_line_report(index), **details)
@@ -178,6 +209,8 @@ class InboxFeed:
         except FileNotFoundError:
             log.warning("inbox/%s disappeared before it could be claimed", path.name)
             return None
+        except IndexCancelled:
+            return None  # a stop came: the file stays in the inbox for the next run
 
     def _judge(self, path: Path) -> PreparedFile | None:
         if path.is_symlink():
@@ -187,8 +220,8 @@ class InboxFeed:
             self._reject(path, "not a regular file (a directory or a special file)")
             return None
         try:
-            index = _index(path, self.rules)
-        except FileNotFoundError:
+            index = self._indexed(path)
+        except (FileNotFoundError, IndexCancelled):
             raise
         except OSError as err:
             self._reject(path, f"unreadable: {err}")

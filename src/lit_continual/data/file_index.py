@@ -17,6 +17,12 @@ import numpy as np
 from lit_continual.data.records import BadLine, RecordSpec, parse_line
 
 MAX_REPORTED_ERRORS = 10
+CANCEL_CHECK_LINES = 4096
+
+
+class IndexCancelled(RuntimeError):
+    """A stop request interrupted an index pass."""
+
 MEASURE_CHUNK = 256
 
 
@@ -39,12 +45,14 @@ class FileIndex:
 
     @classmethod
     def scan(cls, path: Path, spec: RecordSpec, max_line_bytes: int = 64 << 20,
-             measure: Callable[[list[dict]], list[int]] | None = None) -> FileIndex:
+             measure: Callable[[list[dict]], list[int]] | None = None,
+             cancelled: Callable[[], bool] = lambda: False) -> FileIndex:
         """Read `path` once; blank lines are ignored, invalid ones counted with their line number.
 
         A line longer than `max_line_bytes` is a bad line and is skipped without being held in
         memory, so one enormous line cannot exhaust the machine. `measure` (packing) returns the
-        token length of each record; it is called on chunks of valid records.
+        token length of each record; it is called on chunks of valid records. `cancelled` is
+        polled every few thousand lines (a stop request must not wait for a 2 GB pass).
         """
         digest = hashlib.sha256()
         offsets, lengths = array("q"), array("i")
@@ -54,6 +62,8 @@ class FileIndex:
         with open(path, "rb") as handle:
             while raw := handle.readline(max_line_bytes + 1):
                 number += 1
+                if number % CANCEL_CHECK_LINES == 0 and cancelled():
+                    raise IndexCancelled(f"indexing {path.name} stopped at line {number}")
                 digest.update(raw)
                 start, position = position, position + len(raw)
                 if len(raw) > max_line_bytes and not raw.endswith(b"\n"):

@@ -10,7 +10,9 @@ ledger advances from what was *trained*, not from what the loader prefetched.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -91,6 +93,18 @@ class FileStream(IterableDataset):
         return True
 
 
+def _length_meter(tokenizer, max_length: int, spec: RecordSpec):
+    """Token length per record for the index pass (packing). It may run on the index-ahead
+    thread, so it has its own tokenizer copy and a lock: Rust tokenizers are not re-entrant."""
+    encoder, lock = Encoder(copy.deepcopy(tokenizer), max_length, spec), threading.Lock()
+
+    def measure(records: list[dict]) -> list[int]:
+        with lock:
+            return [len(ids) for ids, _ in encoder.encode(records)]
+
+    return measure
+
+
 class ContinualDataModule(L.LightningDataModule):
     """Owns the ledger (its state_dict is the data position saved in every checkpoint)."""
 
@@ -108,7 +122,7 @@ class ContinualDataModule(L.LightningDataModule):
         self.spec = RecordSpec(cfg.data.format, cfg.data.text_field, cfg.data.prompt_field,
                                cfg.data.completion_field, cfg.data.messages_field)
         self.encoder = Encoder(tokenizer, cfg.data.max_length, self.spec)
-        measure = (lambda records: [len(ids) for ids, _ in self.encoder.encode(records)]) if self.packing else None
+        measure = _length_meter(tokenizer, cfg.data.max_length, self.spec) if self.packing else None
         rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
                           measure=measure)
