@@ -149,12 +149,12 @@ def _expected_packed_steps(path: Path) -> int:
 
     from lit_continual.data.feed import shuffle_seed
     from lit_continual.data.file_index import FileIndex
-    from lit_continual.data.stream import pack_bounds
+    from lit_continual.data.stream import pack_plan
 
     encoder = Encoder(tiny.build_tokenizer(), 512)
     index = FileIndex.scan(path, RecordSpec(), measure=lambda rs: [len(i) for i, _ in encoder.encode(rs)])
     order = np.random.default_rng(shuffle_seed(1234, 1)).permutation(index.examples)
-    units = len(pack_bounds(index.lengths, order, 512)) - 1
+    units = len(pack_plan(index.lengths, order, 512, shuffle_seed(1234, 1))[1]) - 1
     assert units < index.examples / 3, "packing must actually pack"
     return -(-units // 2)
 

@@ -81,6 +81,12 @@ def validate(cfg: DictConfig) -> None:
              "must be a number >= 0")
     _require(cfg, "daemon.poll_seconds", _number(cfg.daemon.poll_seconds) and cfg.daemon.poll_seconds > 0,
              "must be a positive number")
+    _require(cfg, "model.name", cfg.model.name in ("tiny", "hf", "smollm2"), "must be tiny, hf or smollm2")
+    if cfg.model.name == "smollm2":
+        from lit_continual.models.smollm2 import gguf_path
+
+        if not (Path(cfg.model.cache_dir).expanduser() / "config.json").is_file():
+            gguf_path()  # raises ConfigError with the install command
     if cfg.model.name == "hf":
         _require(cfg, "model.path", Path(str(cfg.model.path)).is_dir(),
                  "must be an existing local Hugging Face model directory (hub ids are never downloaded)")

@@ -131,6 +131,7 @@ class FileLifecycle(L.Callback):
         while True:
             try:
                 self._check_free_space()
+                started = time.perf_counter()
                 trainer.save_checkpoint(path, weights_only=False)
                 break
             except OSError as err:
@@ -141,7 +142,7 @@ class FileLifecycle(L.Callback):
                     return False
                 delay = min(delay * 2, self.policy.retry_max_seconds)
         self.last_saved_step, self.newest = step, path.name
-        log.info("Saved checkpoint %s", path.name)
+        log.info("Saved checkpoint %s in %.0f ms", path.name, (time.perf_counter() - started) * 1000)
         state = "training" if self.status.fields["status"] == "error" else self.status.fields["status"]
         self.status.update(status=state, error=None, last_checkpoint=path.name, write=True)
         checkpoints.prune(self.models_dir, self.policy.keep)

@@ -10,6 +10,7 @@ ledger advances from what was *trained*, not from what the loader prefetched.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import threading
@@ -29,17 +30,43 @@ from lit_continual.ledger import Ledger
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
 
+PACK_WINDOW = 1024
 
-def pack_bounds(lengths: np.ndarray, order: np.ndarray, max_length: int) -> np.ndarray:
-    """Start of each packed unit in `order` (plus len(order) at the end): greedy next-fit."""
-    bounds, used = [0], 0
-    for i, length in enumerate(lengths[order].tolist()):
-        if used + length > max_length and used:
-            bounds.append(i)
-            used = 0
-        used += length
-    bounds.append(len(order))
-    return np.asarray(bounds, dtype=np.int64)
+
+def pack_plan(lengths: np.ndarray, order: np.ndarray, max_length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack examples into units of at most `max_length` tokens: (packed order, unit bounds).
+
+    Best-fit decreasing within consecutive windows of PACK_WINDOW examples of the seeded
+    permutation (near-optimal fill, bounded cost, shuffle locality kept); the units of each
+    window are then shuffled. Units are contiguous runs of the packed order, so the data
+    position stays "examples consumed", and the plan is a pure function of its inputs: a
+    restarted process rebuilds exactly the same units.
+    """
+    packed, bounds = [], [0]
+    for start in range(0, len(order), PACK_WINDOW):
+        window = order[start: start + PACK_WINDOW]
+        sizes = lengths[window]
+        room: list[int] = []  # remaining capacity of the open units, ascending
+        units_by_room: list[list[int]] = []  # same order as `room`
+        units: list[list[int]] = []
+        for i in np.argsort(-sizes, kind="stable").tolist():
+            size = int(sizes[i])
+            k = bisect.bisect_left(room, size)  # the fullest open unit this example still fits in
+            if k == len(room):
+                unit, left = [], max_length
+                units.append(unit)
+            else:
+                left, unit = room.pop(k), units_by_room.pop(k)
+            unit.append(int(window[i]))
+            if left > size:  # a full unit leaves the search
+                k = bisect.bisect_left(room, left - size)
+                room.insert(k, left - size)
+                units_by_room.insert(k, unit)
+        rng = np.random.default_rng([seed, start])
+        for j in rng.permutation(len(units)).tolist():
+            packed.extend(units[j])
+            bounds.append(len(packed))
+    return np.asarray(packed, dtype=np.int64), np.asarray(bounds, dtype=np.int64)
 
 
 class FileStream(IterableDataset):
@@ -64,8 +91,10 @@ class FileStream(IterableDataset):
         dm, record, index = self.dm, prepared.record, prepared.index
         n = record.examples
         order = np.random.default_rng(record.shuffle_seed).permutation(n) if dm.shuffle else np.arange(n)
-        bounds = (pack_bounds(index.lengths, order, dm.max_length) if dm.packing
-                  else np.arange(n + 1, dtype=np.int64))
+        if dm.packing:
+            order, bounds = pack_plan(index.lengths, order, dm.max_length, record.shuffle_seed)
+        else:
+            bounds = np.arange(n + 1, dtype=np.int64)
         size, windows = dm.batch_size, dm.accumulate
         units_total = len(bounds) - 1
         unit = first = int(np.searchsorted(bounds, record.examples_trained))

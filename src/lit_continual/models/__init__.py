@@ -10,15 +10,17 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from lit_continual.models import tiny
+from lit_continual.models import smollm2, tiny
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def base_model_dir(cfg: DictConfig, base_dir: Path) -> Path:
-    """Where the base model lives: DIR/base_model for tiny, model.path for hf (absolute)."""
+    """Where the base model lives: DIR/base_model for tiny, the cache for smollm2, model.path for hf."""
     if cfg.model.name == "tiny":
         return (base_dir / "base_model").resolve()
+    if cfg.model.name == "smollm2":
+        return Path(cfg.model.cache_dir).expanduser().resolve()
     return Path(cfg.model.path).expanduser().resolve()
 
 
@@ -30,6 +32,8 @@ def load_base(cfg: DictConfig, base_dir: Path) -> tuple[PreTrainedModel, PreTrai
         tiny.ensure_saved(cfg.model, path)
         dtype, remote = torch.float32, False
     else:
+        if cfg.model.name == "smollm2":
+            smollm2.ensure_converted(path)
         dtype, remote = DTYPES[cfg.model.dtype], bool(cfg.model.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
