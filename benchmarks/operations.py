@@ -62,6 +62,21 @@ def arrival_latency(work: Path, settle: float) -> float:
         proc.kill()
 
 
+def stop_latency(work: Path) -> float:
+    """Seconds from `.stop` in the middle of a file to the daemon's exit, checkpoint included."""
+    base = work / "stop"
+    cli("sample-data", str(base / "inbox"), "--files", "1", "--lines", "8000")
+    proc = start(base, "daemon.settle_seconds=0")
+    try:
+        wait_log(base, "INFO step 50/")
+        asked = time.monotonic()
+        (base / ".stop").touch()
+        proc.wait(timeout=120)
+        return time.monotonic() - asked
+    finally:
+        proc.kill()
+
+
 def idle_cpu(work: Path, seconds: float = 30) -> float:
     """CPU seconds per minute used by an idle daemon (empty inbox)."""
     base = work / "idle"
@@ -112,10 +127,12 @@ def checkpoint_figures(work: Path, model: str, *overrides: str) -> dict:
     DirectoryCheckpointIO(None, "").load_checkpoint(ckpt)
     load_s = time.perf_counter() - started
     size = sum(p.stat().st_size for p in ckpt.iterdir())
+    adapter = (ckpt / "adapter_model.safetensors").stat().st_size
     budget = int(trainable) * 12
     return {f"{model}_trainable_params": int(trainable), f"{model}_checkpoint_bytes": size,
             f"{model}_params_x12_bytes": budget, f"{model}_checkpoint_over_params_x12": round(size / budget, 3),
             f"{model}_within_1.1x_plus_1MB": size <= 1.1 * budget + 2**20,
+            f"{model}_adapter_bytes": adapter, f"{model}_checkpoint_over_adapter": round(size / adapter, 2),
             f"{model}_checkpoint_save_ms": statistics.median(saved),
             f"{model}_checkpoint_load_ms": round(load_s * 1000, 1)}
 
@@ -126,6 +143,7 @@ def main() -> None:
         results = {**file_switch(work),
                    "arrival_latency_s_settle_2": round(arrival_latency(work, 2.0), 2),
                    "arrival_latency_s_settle_0.2": round(arrival_latency(work, 0.2), 2),
+                   "stop_to_exit_s": round(stop_latency(work), 2),
                    "idle_cpu_s_per_minute": round(idle_cpu(work), 3),
                    **memory_after_files(work),
                    **checkpoint_figures(work, "tiny")}

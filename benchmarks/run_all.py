@@ -53,8 +53,11 @@ def table() -> str:
                 row(f"{model}: checkpoint bytes vs trainable params × 12", "≤ 1.1× + 1 MB",
                     f"{ops[f'{model}_checkpoint_bytes']:,} B = {ops[f'{model}_checkpoint_over_params_x12']}×; "
                     f"save {ops[f'{model}_checkpoint_save_ms']:.0f} ms, "
-                    f"load {ops[f'{model}_checkpoint_load_ms']:.0f} ms",
+                    f"load {ops[f'{model}_checkpoint_load_ms']:.0f} ms; "
+                    f"{ops[f'{model}_checkpoint_over_adapter']}× the adapter file",
                     ops[f"{model}_within_1.1x_plus_1MB"])
+        row("`.stop` mid-file → process exit, checkpoint included", "≤ 10 s", f"{ops['stop_to_exit_s']} s",
+            ops["stop_to_exit_s"] <= 10)
         row("idle cost (empty inbox)", "< 1.2 CPU s/min", f"{ops['idle_cpu_s_per_minute']} CPU s/min",
             ops["idle_cpu_s_per_minute"] < 1.2)
         row("memory: RSS after 30 small files vs after 3", "within 5 %",
