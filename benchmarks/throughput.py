@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drain, log_lines, save, step_times  # noqa: E402
+from common import SMOLLM2, drain, log_lines, save, step_times  # noqa: E402
 
 MODELS = {
     # model, batch, max_length, characters per example (min, max), daemon steps, rounds, log every
     "tiny": {"overrides": ["model=tiny"], "batch": 8, "max_length": 256, "chars": (40, 256), "steps": 80,
              "rounds": 5, "log_every": 10},
-    "smollm2": {"overrides": ["model=smollm2", "optim.lr=2e-4"], "batch": 4, "max_length": 128,
+    "smollm2": {"overrides": SMOLLM2, "batch": 4, "max_length": 128,
                 "chars": (120, 560), "steps": 10, "rounds": 3, "log_every": 2},
 }
 
@@ -92,17 +92,18 @@ def fresh_model(cfg, base: Path):
     return apply_lora(model, cfg.lora, cfg.seed)
 
 
-def hand_loop(cfg, base: Path, batches) -> list[float]:
-    """Seconds per step of a plain PyTorch + PEFT loop (same loss, clipping, AdamW, schedule)."""
+def hand_loop(cfg, base: Path, batches) -> float:
+    """Mean seconds per step (after 2 warm-up steps) of a plain PyTorch + PEFT loop: same loss,
+    dropout, clipping, fused AdamW and schedule. A mean, like the daemon's figure from its log."""
     import torch
 
     from lit_continual.module import causal_lm_loss
     from lit_continual.schedule import lr_factor
 
     torch.set_num_threads(cfg.trainer.num_threads)
-    model = fresh_model(cfg, base)
+    model = fresh_model(cfg, base).train()  # LoRA dropout on, as in the daemon
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.scheduler))
     times = []
     for batch in batches:
@@ -115,11 +116,12 @@ def hand_loop(cfg, base: Path, batches) -> list[float]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - started)
-    return times[2:]
+    return statistics.mean(times[2:])
 
 
-def hf_trainer(cfg, base: Path, batches) -> list[float]:
-    """Seconds per step of Hugging Face Trainer + PEFT on the same prebuilt batches."""
+def hf_trainer(cfg, base: Path, batches) -> float:
+    """Mean seconds per step (after 2 warm-up steps) of Hugging Face Trainer + PEFT (its default
+    optimizer, fused AdamW) on the same prebuilt batches."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -138,7 +140,7 @@ def hf_trainer(cfg, base: Path, batches) -> list[float]:
                       data_collator=lambda items: items[0], callbacks=[Clock()])
     stamps.append(time.perf_counter())
     trainer.train()
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)][2:]
+    return (stamps[-1] - stamps[2]) / (len(stamps) - 3)
 
 
 def daemon_round(work: Path, spec: dict, data: Path, *extra: str) -> tuple[float, float]:
@@ -214,8 +216,8 @@ def bench_model(name: str) -> dict:
             t, tok = daemon_round(work, spec, data)
             rounds["daemon"].append(t)
             tokens["daemon"].append(tok)
-            rounds["hand"].append(statistics.median(hand_loop(cfg, work / "hand", batches)))
-            rounds["hf_trainer"].append(statistics.median(hf_trainer(cfg, work / "hand", batches)))
+            rounds["hand"].append(hand_loop(cfg, work / "hand", batches))
+            rounds["hf_trainer"].append(hf_trainer(cfg, work / "hand", batches))
             t, tok = daemon_round(work, spec, data, "data.packing=true")
             rounds["daemon_packed"].append(t)
             tokens["daemon_packed"].append(tok)

@@ -53,8 +53,10 @@ class LoRAModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # Fused AdamW (one kernel for all adapter tensors) where torch has it, as HF Trainer does.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.AdamW(params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas),
-                                      eps=self.optim_cfg.eps, weight_decay=self.optim_cfg.weight_decay)
+                                      eps=self.optim_cfg.eps, weight_decay=self.optim_cfg.weight_decay, fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.scheduler_cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
