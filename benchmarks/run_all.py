@@ -6,13 +6,14 @@ Writes benchmarks/results/*.json and benchmarks/results/table.md.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCRIPTS = [["throughput.py"], ["operations.py"], ["big_file.py"]]
+SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["big_file.py"]]
 
 
 def _load(name: str) -> dict:
@@ -22,7 +23,7 @@ def _load(name: str) -> dict:
 
 def table() -> str:
     tiny, smol = _load("throughput_tiny"), _load("throughput_smollm2")
-    ops, big = _load("operations"), _load("big_file")
+    ops, big, over = _load("operations"), _load("big_file"), _load("overhead")
     rows = []
 
     def row(figure: str, target: str, value: str, met: bool | None) -> None:
@@ -41,6 +42,10 @@ def table() -> str:
             f"{t['packing_gain']}× = {t['packing_gain_over_ideal']} × ideal", t["packing_gain_over_ideal"] >= 0.9)
         row(f"{name}: non-pad tokens/s unpacked → packed", "", f"{t['daemon_nonpad_tokens_per_s']} → "
             f"{t['packed_nonpad_tokens_per_s']}", None)
+        spread = ", ".join(f"{k} {statistics.median(v):g} ({min(v):g}–{max(v):g})"
+                           for k, v in t["ms_per_step_rounds"].items())
+        row(f"{name}: ms per step, median (min–max) of {len(t['ms_per_step_rounds']['daemon'])} alternating rounds",
+            "", spread, None)
     if ops:
         row("file switch (last step of file k → first step of k+1) vs end-of-file checkpoint write", "≤ write + 0.5 s",
             f"{ops['file_switch_s']} s vs {ops['end_of_file_checkpoint_write_s']} s",
@@ -63,11 +68,14 @@ def table() -> str:
         row("memory: RSS after 30 small files vs after 3", "within 5 %",
             f"{ops['rss_mb_after_3_files']} → {ops['rss_mb_after_30_files']} MB ({ops['rss_growth_3_to_30']:+.1%})",
             abs(ops["rss_growth_3_to_30"]) <= 0.05)
-    if tiny.get("logging_share_of_fit") is not None:
-        row("logging cost (loss history, TensorBoard, status) / fit time, default settings", "≤ 3 %",
-            f"{tiny['logging_share_of_fit']:.2%}", tiny["logging_share_of_fit"] <= 0.03)
-        row("batch building (read + tokenize + collate) / fit time, in the training process", "",
-            f"{tiny['batch_building_share_of_fit']:.2%}", None)
+    for model, o in over.items():
+        row(f"{model}: daemon's own cost per step (everything but forward, backward, clipping, optimizer), "
+            "in one process", "", f"{o['overhead_ms_per_step']} ms of {o['ms_per_step']} ms "
+            f"({o['overhead_share_of_step']:.2%})", None)
+        row(f"{model}: logging cost (loss history, TensorBoard, status) / fit time, default settings", "≤ 3 %",
+            f"{o['logging_share_of_fit']:.2%}", o["logging_share_of_fit"] <= 0.03)
+        row(f"{model}: batch building (read + tokenize + collate) / fit time, in the training process", "",
+            f"{o['batch_building_share_of_fit']:.2%}", None)
     if big:
         row(f"{big['big_file_mb'] / 1000:.0f} GB JSONL ({big['big_examples']:,} lines of {big['line_bytes']} B): "
             "peak RSS growth vs a small file, 200 steps each", "< 300 MB",

