@@ -43,4 +43,4 @@ tensorboard: install
 	$(BIN)/tensorboard --logdir $(BASE_DIR)/tensorboard
 
 clean:
-	rm -rf $(VENV) demo outputs multirun .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) demo outputs multirun .pytest_cache .ruff_cache src/*.egg-info benchmarks/results benchmarks/.cache
