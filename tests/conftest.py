@@ -84,6 +84,16 @@ def checkpoints(base: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def claimed(base: Path, name: str) -> list[Path]:
+    """Where a claimed file sits while it trains: `inbox/.claimed/<claim id>-<name>`."""
+    return sorted((base / "inbox" / ".claimed").glob(f"*-{name}"))
+
+
+def under_inbox(base: Path, name: str) -> bool:
+    """Still waiting or claimed (an unfinished file stays under inbox/)."""
+    return (base / "inbox" / name).exists() or bool(claimed(base, name))
+
+
 def newest(base: Path) -> Path:
     return checkpoints(base)[-1]
 

@@ -60,10 +60,10 @@ def inbox_run(tmp_path_factory):
 
     original_scan = FileIndex.scan.__func__
 
-    def scan(cls, path, *args, **kwargs):
-        if path.name == "perm.jsonl":  # as root, chmod 000 does not stop reads: inject it
-            raise PermissionError(13, "Permission denied", str(path))
-        return original_scan(cls, path, *args, **kwargs)
+    def scan(cls, fd, name, *args, **kwargs):
+        if name == "perm.jsonl":  # as root, chmod 000 does not stop reads: inject it
+            raise PermissionError(13, "Permission denied", name)
+        return original_scan(cls, fd, name, *args, **kwargs)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(FileIndex, "scan", classmethod(scan))
@@ -180,11 +180,12 @@ def test_file_changed_after_claim_is_reported_and_moved_at_its_end(tmp_path: Pat
     base = tmp_path / "run"
     path = write_jsonl(base / "inbox" / "growing.jsonl", 40, seed=3)
     started = FileLifecycle._file_started
+    writer = open(path, "a")  # noqa: SIM115 - a pipeline that keeps its file open
 
     def append_while_training(self, trainer, meta):
         started(self, trainer, meta)
-        with open(path, "a") as handle:  # the pipeline writes more after the daemon claimed it
-            handle.write(GOOD)
+        writer.write(GOOD)  # the pipeline writes more after the daemon claimed (renamed) it
+        writer.flush()
 
     monkeypatch.setattr(FileLifecycle, "_file_started", append_while_training)
     with caplog.at_level(logging.ERROR, logger="lit_continual"):

@@ -7,7 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, daemon_cmd, log_text, newest, start_daemon, status, wait_for, write_jsonl
+from tests.conftest import (
+    REPO,
+    daemon_cmd,
+    log_text,
+    newest,
+    start_daemon,
+    status,
+    under_inbox,
+    wait_for,
+    write_jsonl,
+)
 
 
 def test_idle_daemon_trains_a_landing_file_then_stops_on_sigint(base: Path):
@@ -45,7 +55,7 @@ def test_second_signal_exits_at_once_without_checkpoint(base: Path):
     finally:
         proc.kill()
     assert not list((base / "current_model").glob("checkpoint-*"))
-    assert (base / "inbox" / "big.jsonl").exists()
+    assert under_inbox(base, "big.jsonl")
 
 
 def test_stop_file_present_at_start_exits_before_loading_model(base: Path):

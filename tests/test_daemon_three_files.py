@@ -57,7 +57,8 @@ def test_retention_keeps_newest_three_complete_checkpoints(run):
 def test_inbox_emptied_and_ignored_names_left_alone(run):
     base, _ = run
     left = sorted(p.name for p in (base / "inbox").iterdir())
-    assert left == [".hidden.jsonl", "late.jsonl.part", "late.jsonl.tmp"]
+    assert left == [".claimed", ".hidden.jsonl", "late.jsonl.part", "late.jsonl.tmp"]
+    assert not list((base / "inbox" / ".claimed").iterdir()), "every claimed file was trained and deleted"
 
 
 def test_file_without_valid_example_moved_to_failed_byte_identical(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def _expected_packed_steps(path: Path) -> int:
     from lit_continual.data.stream import pack_plan
 
     encoder = Encoder(tiny.build_tokenizer(), 512)
-    index = FileIndex.scan(path, RecordSpec(), measure=lambda rs: [len(i) for i, _ in encoder.encode(rs)])
+    index = FileIndex.scan(os.open(path, os.O_RDONLY), path.name, RecordSpec(),
+                           judge=lambda record: len(encoder.encode_one(record)[0]))
     order = np.random.default_rng(shuffle_seed(1234, 1)).permutation(index.examples)
     units = len(pack_plan(index.lengths, order, 512, shuffle_seed(1234, 1))[1]) - 1
     assert units < index.examples / 3, "packing must actually pack"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import log_text, newest, one_file, stop_after, train_here, trainer_state, write_jsonl
+from tests.conftest import claimed, log_text, newest, one_file, stop_after, train_here, trainer_state, write_jsonl
 
 
 def test_accumulation_window_never_spans_two_files(tmp_path: Path):
@@ -46,7 +46,7 @@ def test_vanished_current_file_is_abandoned_and_logged(tmp_path: Path, monkeypat
     assert train_here(base) == 0
     trained = json.loads((newest(base) / "ledger.json").read_text())["current"]["examples_trained"]
     monkeypatch.undo()
-    (base / "inbox" / "gone.jsonl").unlink()
+    claimed(base, "gone.jsonl")[0].unlink()
     write_jsonl(base / "inbox" / "next.jsonl", 16, seed=2)
     assert train_here(base, "daemon.exit_when_idle=true") == 0
     assert f"inbox/gone.jsonl is missing: abandoning it with {400 - trained} example(s) untrained" in log_text(base)

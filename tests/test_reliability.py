@@ -17,6 +17,7 @@ from lit_continual.status import Status
 from tests.conftest import (
     REPO,
     checkpoints,
+    claimed,
     log_text,
     newest,
     one_file,
@@ -24,6 +25,7 @@ from tests.conftest import (
     stop_after,
     train_here,
     trainer_state,
+    under_inbox,
     write_jsonl,
 )
 
@@ -108,9 +110,9 @@ def test_free_space_shortfall_is_reported_and_a_stop_gives_up_keeping_the_file(t
     stop_after(monkeypatch, 60)
     assert train_here(base, *DRAIN, "checkpoint.min_free_mb=1e12", "daemon.retry_initial_seconds=0.01") == 0
     text = log_text(base)
-    assert "checkpoint.min_free_mb=1000000000000.0" in text and "giving up on checkpoint" in text
+    assert "checkpoint.min_free_mb=1000000000000.0" in text and "giving up on writing checkpoint" in text
     assert not checkpoints(base)
-    assert (base / "inbox" / "a.jsonl").exists(), "never deleted without its checkpoint"
+    assert under_inbox(base, "a.jsonl"), "never deleted without its checkpoint"
 
 
 def _nan_at(monkeypatch, steps: set[int] | None) -> None:
@@ -175,7 +177,8 @@ def test_current_file_with_changed_content_is_abandoned(tmp_path: Path, monkeypa
     stop_after(monkeypatch, 20)
     assert train_here(base) == 0
     monkeypatch.undo()
-    write_jsonl(path, 400, seed=99)  # same name, other content
+    assert not path.exists()  # claimed: moved to inbox/.claimed/
+    write_jsonl(claimed(base, "a.jsonl")[0], 400, seed=99)  # rewritten in place while the daemon was down
     assert train_here(base, "daemon.exit_when_idle=true") == 0
     assert "inbox/a.jsonl changed (sha256 differs): abandoning it" in log_text(base)
     ledger = json.loads((newest(base) / "ledger.json").read_text())

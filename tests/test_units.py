@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lit_continual import checkpoints
+from lit_continual.claims import Claims
 from lit_continual.data.file_index import FileIndex
 from lit_continual.data.records import IGNORE, RecordSpec, collate
 from lit_continual.inbox import Inbox
@@ -24,7 +25,8 @@ from tests.conftest import write_jsonl
 def test_file_index_counts_blank_and_bad_lines_and_reads_back_by_offset(tmp_path: Path):
     path = tmp_path / "f.jsonl"
     path.write_bytes(b'{"text": "one"}\n\n{bad\n"str"\n{"text": "   "}\n{"text": "two", "x": 1}\n\xff\xfe\n')
-    index = FileIndex.scan(path, RecordSpec())
+    fd = os.open(path, os.O_RDONLY)
+    index = FileIndex.scan(fd, path.name, RecordSpec())
     assert index.examples == 2 and index.total_lines == 6 and index.bad_lines == 4
     assert [e["line"] for e in index.first_errors] == [3, 4, 5, 7]
     assert index.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -40,28 +42,29 @@ def test_inbox_lists_jsonl_oldest_first_and_ignores_partial_hidden_and_other_nam
     for name in (".h.jsonl", "x.jsonl.part", "x.jsonl.tmp", "x.json", "X.JSONL"):
         write_jsonl(tmp_path / "inbox" / name, 1)
     with caplog.at_level(logging.WARNING, logger="lit_continual"):
-        assert [p.name for p in inbox.waiting()] == ["z.jsonl", "a.jsonl", "b.jsonl"]
+        assert inbox.waiting() == ["z.jsonl", "a.jsonl", "b.jsonl"]
         inbox.waiting()
     assert sum("x.json:" in r.message for r in caplog.records) == 1  # one warning per name
 
 
-def test_inbox_settle_waits_for_stable_size_and_mtime(tmp_path: Path):
-    inbox = Inbox(tmp_path, settle_seconds=5)
-    write_jsonl(tmp_path / "inbox" / "fresh.jsonl", 1)
-    old = write_jsonl(tmp_path / "inbox" / "old.jsonl", 1, mtime=time.time() - 60)
-    assert inbox.ready() == [old]
-    with open(old, "a") as handle:  # still being written: its mtime moves
+def test_inbox_settle_is_watched_on_our_clock_not_judged_by_mtime_age(tmp_path: Path):
+    inbox = Inbox(tmp_path, settle_seconds=0.3, poll_seconds=0)
+    old = write_jsonl(tmp_path / "inbox" / "old.jsonl", 1, mtime=time.time() - 3600)  # cp -p, lagging clock
+    assert inbox.next_ready() is None  # an old mtime proves nothing: not watched long enough yet
+    time.sleep(0.35)
+    with open(old, "a") as handle:  # still being written
         handle.write('{"text": "more"}\n')
-    os.utime(old, (time.time() - 60, time.time() - 60))
-    assert inbox.ready() == []  # old changed since the last scan; fresh has not settled
-    assert inbox.ready() == [old]
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert inbox.next_ready() is None  # it changed: the settle clock starts again
+    time.sleep(0.35)
+    assert inbox.next_ready() == "old.jsonl"
 
 
 def test_quarantine_writes_report_first_and_never_overwrites(tmp_path: Path):
-    inbox = Inbox(tmp_path, settle_seconds=0)
+    claims = Claims(tmp_path / "inbox", tmp_path / "failed")
     for _ in range(2):
         path = write_jsonl(tmp_path / "inbox" / "bad.data.jsonl", 1)
-        inbox.quarantine(path, "no trainable example", bad_lines=1)
+        claims.quarantine(path, path.name, "no trainable example", bad_lines=1)
     names = sorted(p.name for p in (tmp_path / "failed").iterdir())
     assert names == ["bad-1.data.jsonl", "bad-1.data.jsonl.error.json", "bad.data.jsonl",
                      "bad.data.jsonl.error.json"]
@@ -108,7 +111,8 @@ def test_ledger_round_trip_and_bounded_done_list():
     assert [r.name for r in copy.files_done] == ["f2", "f3"]
     assert copy.current.examples_trained == 3 and copy.files_started == 4
     assert copy.examples_trained_total == 33
-    assert copy.find_done(_record("f3", 3)) is not None and copy.find_done(_record("f1", 1)) is None
+    assert copy.find_done_in_place(_record("f3", 3)) is not None
+    assert copy.find_done_in_place(_record("f1", 1)) is None  # beyond the kept 1000 (here 2)
 
 
 def test_empty_micro_batch_has_zero_weight():

@@ -25,6 +25,7 @@ from peft import PeftConfig
 from safetensors.torch import load_file, save_file
 
 from lit_continual import atomic, faults
+from lit_continual.storage import StorageFault
 
 log = logging.getLogger("lit_continual")
 
@@ -130,13 +131,18 @@ class DirectoryCheckpointIO(CheckpointIO):
         final = Path(path)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             self._write(dict(checkpoint), tmp)
             atomic.fsync_tree(tmp)
             faults.point("checkpoint-tmp", checkpoint["global_step"])
             os.rename(tmp, final)
             atomic.fsync_dir(final.parent)
+        except Exception as err:  # whatever the writer raised (SafetensorError, RuntimeError on ENOSPC, ...)
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(final.parent).free
+            raise StorageFault(f"writing {final.name} ({free / 2**20:.1f} MiB free): {type(err).__name__}: {err}"
+                               ) from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -38,7 +38,10 @@ class CrashGuard:
         if previous:
             same = history and all(history.get(k) == previous[k] for k in ("file", "sha256", "step"))
             history = {**previous, "count": history["count"] + 1 if same else 1}
-            atomic.write_json(self.history_path, history)
+            try:
+                atomic.write_json(self.history_path, history)
+            except OSError as err:  # disk full at start: count in memory, never crash on it
+                log.error("Could not write %s: %s", self.history_path.name, err)
             log.warning("The previous process died while training %s at step %d (%d time(s) in a row "
                         "at that step)", previous["file"], previous["step"], history["count"])
         self.history = history

@@ -61,8 +61,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
              trainable, sum(p.numel() for p in model.parameters()))
     module = LoRAModule(model, cfg.optim, cfg.scheduler, OmegaConf.to_container(cfg, resolve=True))
     datamodule = ContinualDataModule(cfg, tokenizer, base_dir, stop, status, guard)
-    if cfg.data.source == "inbox":
-        status.queue_size = lambda: _queue_size(datamodule, status)
+    status.queue_size = datamodule.feed.queue_size  # from caches: never scans under the status lock
 
     policy = SavePolicy(cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, cfg.checkpoint.min_free_mb,
                         cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
@@ -88,12 +87,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
     if resume is not None:
         log.info("Resuming from checkpoint: %s", resume.name)
         step = checkpoints.step_of(resume)
-        status.update(current_step=step, total_steps=step, last_checkpoint=resume.name)
+        status.update(current_step=step, total_steps=step)
     else:
         log.info("No checkpoint in %s: starting the run at step 0", models_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-
-
-def _queue_size(datamodule: ContinualDataModule, status: Status) -> int:
-    current = status.fields["current_file"]
-    return sum(1 for p in datamodule.inbox.waiting() if p.name != current)

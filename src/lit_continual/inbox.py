@@ -1,106 +1,153 @@
-"""The inbox folder: which files are waiting, which have settled, and moving bad ones to failed/."""
+"""The inbox folder: which files are waiting, which have settled, and claiming the next one.
+
+Scanning is amortised so that a backlog of 100,000 files costs what 10 do: the listing is
+cached and re-read only when the directory changed (its mtime; within a moment of a change
+every poll, since coarse timestamps can hide a second change in the same tick), at most once
+per `poll_seconds`, and never more often than keeps scanning under ~2 % of wall time. Our own
+claims update the cache directly. Only the head of the queue is re-stat'ed to judge settling.
+
+A file is claimed by an atomic rename into the hidden `inbox/.claimed/` (same filesystem), so
+whatever later appears at the old path is a new delivery by construction; see `claims`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-
-from lit_continual import atomic
 
 log = logging.getLogger("lit_continual")
 
 SUFFIX = ".jsonl"
 IGNORED_SUFFIXES = (".tmp", ".part")
+CHANGE_WINDOW = 2.0  # seconds after a directory change during which every poll rescans
+SCAN_SHARE = 0.02  # at most this share of wall time goes to rescanning a big inbox
+SAFETY_RESCAN = 60.0  # rescan at least this often even if the directory looks unchanged
+
+
+@dataclass
+class Seen:
+    """What this process last observed of one inbox entry, and since when (monotonic)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    since: float
+
+    def signature(self) -> tuple[int, int, int]:
+        return self.inode, self.size, self.mtime_ns
 
 
 class Inbox:
     """`DIR/inbox/*.jsonl`, oldest first (mtime, then name); a file is ready once settled."""
 
-    def __init__(self, base_dir: Path, settle_seconds: float) -> None:
+    def __init__(self, base_dir: Path, settle_seconds: float, poll_seconds: float = 0.5) -> None:
         self.dir = base_dir / "inbox"
-        self.failed_dir = base_dir / "failed"
         self.settle_seconds = settle_seconds
-        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime_ns, first seen
+        self.poll_seconds = poll_seconds
+        self.scans = 0  # full directory scans so far (tests count them)
+        self._seen: dict[str, Seen] = {}
+        self._order: list[str] = []
+        self._dir_signature: tuple | None = None
+        self._checked = self._scanned = self._changed = -1e18
+        self._scan_cost = 0.0
         self._warned: set[str] = set()
+        self.ignored: set[tuple[str, int]] = set()  # (name, inode) of files left where they are
 
-    def waiting(self) -> list[Path]:
-        """Every `*.jsonl` file in the inbox, settling ones included, oldest first."""
-        entries = []
-        self.dir.mkdir(parents=True, exist_ok=True)  # an operator may have removed it
-        with os.scandir(self.dir) as scan:
-            for entry in scan:
-                if entry.name.startswith(".") or entry.name.endswith(IGNORED_SUFFIXES):
+    # -- listing --------------------------------------------------------------------------
+
+    def waiting(self) -> list[str]:
+        """Names of the `*.jsonl` files waiting (settling ones included), oldest first."""
+        self._refresh()
+        return [n for n in self._order if (n, self._seen[n].inode) not in self.ignored]
+
+    def count(self) -> int:
+        """How many files are waiting, from the cache (never scans: safe under any lock)."""
+        return len(self._order)
+
+    def forget(self, name: str) -> None:
+        """`name` left the inbox through us (claimed or moved): update the cache, no rescan."""
+        if self._seen.pop(name, None) is not None:
+            self._order.remove(name)
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.poll_seconds:
+            return
+        self._checked = now
+        try:
+            stat = os.stat(self.dir)
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True)  # an operator removed it
+            stat = os.stat(self.dir)
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+        if signature != self._dir_signature:
+            self._dir_signature, self._changed = signature, now
+        recent = now - self._changed < CHANGE_WINDOW or self._scanned < self._changed
+        due = recent or now - self._scanned > SAFETY_RESCAN
+        if due and now - self._scanned >= self._scan_cost / SCAN_SHARE:
+            self._scan(now)
+
+    def _scan(self, now: float) -> None:
+        started = time.perf_counter()
+        seen: dict[str, Seen] = {}
+        with os.scandir(self.dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
                     continue
-                if not entry.name.endswith(SUFFIX):
-                    self._warn_ignored(entry.name)
+                if not name.endswith(SUFFIX):
+                    self._warn_ignored(name)
+                    continue
+                old = self._seen.get(name)
+                if old is not None and old.inode == entry.inode():
+                    seen[name] = old  # same file: its settle clock keeps running
                     continue
                 try:
-                    stat = entry.stat(follow_symlinks=False)
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                entries.append((stat.st_mtime_ns, entry.name, stat.st_size))
-        entries.sort()
-        return [self.dir / name for _, name, _ in entries]
-
-    def ready(self) -> list[Path]:
-        """Waiting files whose size and mtime have not changed for `settle_seconds`.
-
-        Stable means: unchanged since the previous scan, and either its mtime is at least
-        `settle_seconds` old (every write moves mtime forward) or we have watched it unchanged
-        that long (covers mtimes in the future, e.g. a skewed file-server clock).
-        """
-        now, wall_ns = time.monotonic(), time.time_ns()
-        ready, seen = [], {}
-        for path in self.waiting():
-            try:
-                stat = path.lstat()
-            except FileNotFoundError:
-                continue
-            signature = (stat.st_size, stat.st_mtime_ns)
-            previous = self._seen.get(path.name)
-            unchanged = previous is None or previous[:2] == signature
-            first_seen = previous[2] if previous and unchanged else now
-            seen[path.name] = (*signature, first_seen)
-            mtime_age = (wall_ns - stat.st_mtime_ns) / 1e9
-            watched = now - first_seen
-            if unchanged and (watched >= self.settle_seconds or mtime_age >= self.settle_seconds):
-                ready.append(path)
+                seen[name] = Seen(st.st_ino, st.st_size, st.st_mtime_ns, now)
         self._seen = seen
-        return ready
+        self._order = sorted(seen, key=lambda n: (seen[n].mtime_ns, n))
+        self._scanned = now
+        self._scan_cost = time.perf_counter() - started
+        self.scans += 1
 
     def _warn_ignored(self, name: str) -> None:
         if name not in self._warned:
             self._warned.add(name)
             log.warning("Ignoring inbox/%s: only *%s files are trained", name, SUFFIX)
 
-    def quarantine(self, path: Path, reason: str, **details: object) -> Path:
-        """Move `path` byte-identical to failed/ with `<name>.error.json` written first."""
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
-        target = self._free_name(path.name)
-        report = {"file": path.name, "reason": reason, **details,
-                  "time": datetime.now(timezone.utc).isoformat()}
-        atomic.write_json(target.with_name(target.name + ".error.json"), report)
-        os.rename(path, target)
-        atomic.fsync_dir(self.failed_dir)
-        log.error("Moved inbox/%s to failed/%s: %s", path.name, target.name, reason)
-        return target
+    # -- settling -------------------------------------------------------------------------
 
-    def _free_name(self, name: str) -> Path:
-        stem, dot, ext = name.partition(".")
-        candidate, n = self.failed_dir / name, 1
-        while candidate.exists() or candidate.is_symlink():
-            candidate = self.failed_dir / f"{stem}-{n}{dot}{ext}"
-            n += 1
-        return candidate
+    def next_ready(self, skip: set[str] = frozenset()) -> str | None:
+        """The oldest waiting file that has settled, or None.
 
-    def delete(self, path: Path) -> None:
-        """Remove a trained file (its end-of-file checkpoint is already durable)."""
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        atomic.fsync_dir(self.dir)
-        log.info("Deleted inbox/%s", path.name)
+        Settled means: this process saw the same inode, size and mtime at least
+        `settle_seconds` apart on its own monotonic clock. An mtime in the past proves nothing
+        (a lagging file-server clock, `cp -p`, rsync keep old mtimes on files still growing).
+        """
+        names = self.waiting()
+        now = time.monotonic()  # after a rescan that may have just started watching a file
+        for name in names:
+            if name in skip:
+                continue
+            seen = self._seen[name]
+            try:
+                st = os.lstat(self.dir / name)
+            except FileNotFoundError:
+                self.forget(name)
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != seen.signature():
+                self._seen[name] = Seen(st.st_ino, st.st_size, st.st_mtime_ns, now)
+                continue
+            if now - seen.since >= self.settle_seconds:
+                return name
+        return None
+
+    def settled_signature(self, name: str) -> tuple[int, int, int] | None:
+        seen = self._seen.get(name)
+        return seen.signature() if seen else None

@@ -7,9 +7,12 @@ loader has prefetched.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 LEDGER_VERSION = 1
+
+log = logging.getLogger("lit_continual")
 
 
 @dataclass
@@ -30,11 +33,15 @@ class FileRecord:
     first_step: int | None = None
     last_step: int | None = None
     status: str = "training"  # training | done | abandoned | failed
+    # Where the file was claimed: `.claimed/<claim id>-<name>` under the inbox; None if it was
+    # trained where it was delivered (an inbox that refuses renames, or a run from version 0.1).
+    claimed_as: str | None = None
 
     def same_file(self, other: FileRecord) -> bool:
-        """True if `other` is this very file on disk (same content, inode and ctime)."""
-        return (self.name, self.sha256, self.inode, self.ctime_ns) == (
-            other.name, other.sha256, other.inode, other.ctime_ns)
+        """True if `other` is this very claim (or, for in-place claims, the same inode and content)."""
+        if self.claimed_as is not None or other.claimed_as is not None:
+            return self.claimed_as == other.claimed_as and self.sha256 == other.sha256
+        return (self.name, self.sha256, self.inode) == (other.name, other.sha256, other.inode)
 
 
 @dataclass
@@ -52,6 +59,10 @@ class Ledger:
         """The first batch of `record` is being trained at optimizer step `step`."""
         if self.current is not None and self.current.same_file(record):
             return  # a resumed file: already counted
+        if self.current is not None:  # never silently overwrite an unfinished file's record
+            log.error("%s was left unfinished with %d example(s) untrained: recorded as abandoned",
+                      self.current.name, self.current.examples - self.current.examples_trained)
+            self.finish(step - 1, status="abandoned")
         record.first_step = step
         self.current = record
         self.files_started = max(self.files_started, record.ordinal)
@@ -71,19 +82,38 @@ class Ledger:
         del self.files_done[: -self.max_done]
         return record
 
-    def reject(self, name: str, sha256: str | None, reason: str) -> None:
-        """Record a file moved to failed/ without training (newest `max_done` kept)."""
-        self.files_rejected.append({"name": name, "sha256": sha256, "reason": reason})
+    def reject(self, name: str, sha256: str | None, reason: str, kept_inode: int | None = None) -> None:
+        """Record a file moved to failed/ without training (newest `max_done` kept).
+
+        `kept_inode`: it was copied to failed/ but the original could not be removed (an inbox
+        that refuses unlink); a later process recognises it and leaves it alone."""
+        entry = {"name": name, "sha256": sha256, "reason": reason}
+        if kept_inode is not None:
+            entry["kept_inode"] = kept_inode
+        self.files_rejected.append(entry)
         del self.files_rejected[: -self.max_done]
+
+    def find_kept(self, name: str, inode: int, sha256: str | None) -> dict | None:
+        """The rejection of this very file left undeletable in the inbox, if any."""
+        return next((r for r in reversed(self.files_rejected) if r.get("kept_inode") == inode
+                     and (r["name"], r["sha256"]) == (name, sha256)), None)
 
     def find_content(self, sha256: str) -> FileRecord | None:
         """A trained (or in-progress) file of this run with the same content, if any."""
         candidates = self.files_done + ([self.current] if self.current else [])
         return next((r for r in reversed(candidates) if r.sha256 == sha256 and r.status != "failed"), None)
 
-    def find_done(self, record: FileRecord) -> FileRecord | None:
-        """The done entry that is this very file (its delete was interrupted), if any."""
-        return next((r for r in reversed(self.files_done) if r.same_file(record)), None)
+    def find_done_in_place(self, record: FileRecord) -> FileRecord | None:
+        """The done entry trained in place (no claim rename) that is this very file: same name,
+        inode and sha256 (its delete was interrupted or refused), if any. ctime and mtime are not
+        compared: a hard link, chmod or touch must not make a trained file new again."""
+        return next((r for r in reversed(self.files_done) if r.status == "done" and r.claimed_as is None
+                     and (r.name, r.inode, r.sha256) == (record.name, record.inode, record.sha256)), None)
+
+    def find_claimed(self, claimed_as: str) -> FileRecord | None:
+        """The done entry of the claim `claimed_as` (its delete was interrupted), if any."""
+        return next((r for r in reversed(self.files_done) if r.status == "done" and r.claimed_as == claimed_as),
+                    None)
 
     def to_dict(self) -> dict:
         return {

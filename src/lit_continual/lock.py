@@ -1,6 +1,9 @@
-"""One process per base dir: `fcntl.flock` on `DIR/.lock`, which names the holder (pid, host).
+"""One process per base dir: `fcntl.flock` on the base directory itself; `DIR/.lock` names
+the holder (pid, host, since).
 
-The OS drops a flock when its holder dies, so a lock left by a killed process never blocks.
+The lock is on the directory, not on `.lock`: deleting `.lock` by hand (it looks stale) must
+not let a second daemon in, and a file that can be unlinked and recreated is a different
+inode to flock. The OS drops a flock when its holder dies, so a killed process never blocks.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lit_continual import atomic
 
 EXIT_LOCKED = 3
 
@@ -29,18 +34,19 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock or raise BaseDirLocked naming the holder. Writes nothing if locked."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(os.pread(fd, 4096, 0))
             os.close(fd)
-            raise BaseDirLocked(f"{self.path.parent} is locked by {holder}") from None
+            raise BaseDirLocked(f"{self.path.parent} is locked by {_holder(self.path)}") from None
+        self._fd = fd
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        self._fd = fd
+        try:
+            atomic.write_json(self.path, holder, durable=False)
+        except OSError:
+            pass  # only a description; the lock itself is held
 
     def release(self) -> None:
         if self._fd is not None:
@@ -55,9 +61,9 @@ class RunLock:
         self.release()
 
 
-def _describe(raw: bytes) -> str:
+def _holder(path: Path) -> str:
     try:
-        holder = json.loads(raw)
+        holder = json.loads(path.read_text())
         return f"pid {holder['pid']} on {holder['host']} (since {holder['since']})"
-    except (ValueError, KeyError, TypeError):
-        return "another process (pid unknown)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"another process (pid unknown: {path.name} is missing or unreadable)"

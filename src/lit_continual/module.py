@@ -48,7 +48,12 @@ class LoRAModule(L.LightningModule):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         logits = self.model(**inputs, use_cache=False).logits
         loss = causal_lm_loss(logits, batch["labels"])
-        self.window_loss = self.window_loss.to(loss.device) + loss.detach() / self.trainer.accumulate_grad_batches
+        accumulate, real = self.trainer.accumulate_grad_batches, batch["meta"]["window_parts"]
+        if 0 < real < accumulate:
+            # A file's last window has zero-weight fillers: weight the real micro-batches so the
+            # step's gradient and logged loss are their mean (Lightning divides by `accumulate`).
+            loss = loss * (accumulate / real)
+        self.window_loss = self.window_loss.to(loss.device) + loss.detach() / accumulate
         return loss
 
     def configure_optimizers(self) -> dict:

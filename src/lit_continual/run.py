@@ -62,6 +62,7 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
         status.update(status="error", error=f"configuration error: {err}", write=True)
         return EXIT_CONFIG_ERROR
     log.info("Config: %s", _summary(cfg))
+    stop.watch(cfg.daemon.poll_seconds)
     guard = CrashGuard(base_dir, cfg.daemon.max_crashes)
     guard.start()
     status.start_heartbeat()

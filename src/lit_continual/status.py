@@ -16,6 +16,7 @@ from lit_continual import atomic
 
 log = logging.getLogger("lit_continual")
 
+MAX_WARNINGS = 20
 STATES = ("starting", "training", "idle", "stopping", "stopped", "error")
 
 
@@ -35,7 +36,7 @@ class Status:
             "pid": os.getpid(), "status": "starting", "current_step": 0, "total_steps": 0,
             "batch_number": 0, "batch_queue_size": 0, "current_file": None, "loss": None,
             "learning_rate": None, "tokens_per_second": None, "last_checkpoint": None,
-            "error": None, "base_dir": str(base_dir.resolve()),
+            "error": None, "warnings": [], "base_dir": str(base_dir.resolve()),
             "started_at": _now(), "updated_at": None,
         }
 
@@ -46,6 +47,14 @@ class Status:
             self.fields.update(fields)
         if write or changed:
             self.write()
+
+    def warn(self, message: str) -> None:
+        """Add a standing warning (the run goes on; `error` is for what stopped it)."""
+        with self._lock:
+            if message in self.fields["warnings"]:
+                return
+            self.fields["warnings"] = [*self.fields["warnings"], message][-MAX_WARNINGS:]
+        self.write()
 
     def write(self) -> None:
         """Rewrite the file atomically. A failure is logged once and never stops training."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("lit_continual")
@@ -16,6 +18,18 @@ class StopRequest:
     def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
         self.signal: int | None = None
+        self._seen_file = False
+        self._watcher: threading.Thread | None = None
+
+    def watch(self, poll_seconds: float) -> None:
+        """Look for `.stop` every `poll_seconds` from a background thread, so a request that
+        comes and goes while the model loads or within one long step is still seen."""
+        def watch() -> None:
+            while self.signal is None and not self.look():
+                time.sleep(poll_seconds)
+
+        self._watcher = threading.Thread(target=watch, name="stop-watch", daemon=True)
+        self._watcher.start()
 
     def install(self) -> None:
         """Route SIGTERM/SIGINT here. Called again once Lightning has put in its own handlers,
@@ -33,7 +47,16 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None or self.stop_file.exists()
+        """Once seen, a request stays seen: a `.stop` that appears and vanishes within a step
+        is still acted on (else the stream stops handing out a file while the run goes on)."""
+        return self.signal is not None or self.look()
+
+    def look(self) -> bool:
+        """Check for the `.stop` file now (latching)."""
+        if not self._seen_file and self.stop_file.exists():
+            self._seen_file = True
+            log.info("%s seen: stopping after the current optimizer step", self.stop_file.name)
+        return self._seen_file
 
     @property
     def reason(self) -> str:

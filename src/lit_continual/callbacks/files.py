@@ -21,6 +21,7 @@ from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.stream import ContinualDataModule
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
+from lit_continual.storage import Backoff, StorageFault, retry
 
 log = logging.getLogger("lit_continual")
 
@@ -43,9 +44,13 @@ class FileLifecycle(L.Callback):
                  stop: StopRequest, status: Status, guard: CrashGuard) -> None:
         self.dm, self.models_dir, self.policy = datamodule, models_dir, policy
         self.stop, self.status, self.guard = stop, status, guard
+        self.backoff = Backoff(policy.retry_initial_seconds, policy.retry_max_seconds)
         newest = checkpoints.newest_checkpoint(models_dir)
         self.newest: str | None = newest.name if newest else None
         self.last_saved_step = checkpoints.step_of(newest) if newest else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.status.update(batch_number=self.dm.ledger.files_started)  # the restored run's count
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         meta = batch["meta"]
@@ -81,87 +86,76 @@ class FileLifecycle(L.Callback):
             self._file_finished(trainer, pl_module, meta)
         elif step % self.policy.every_n_steps == 0:
             self.save(trainer, pl_module)
+        if self.stop.requested:  # stop at this step, not after the one the loader already fetched
+            self._stop(trainer, pl_module, self.stop.reason)
 
     def _file_finished(self, trainer: L.Trainer, pl_module: L.LightningModule, meta: dict) -> None:
-        step = trainer.global_step
-        record = self.dm.ledger.finish(step)
+        step, abandoned = trainer.global_step, meta["abandoned"]
+        record = self.dm.ledger.finish(step, status="abandoned" if abandoned else "done")
         self.guard.idle()
         if not self.save(trainer, pl_module):
-            return  # stop requested while the checkpoint kept failing: the file stays in the inbox
-        log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, step, record.examples)
-        faults.point("before-delete", step)
-        if meta["delete_when_done"]:
-            self._remove_from_inbox(meta["path"], record)
-        self.status.update(current_file=None, total_steps=step, write=True)
-
-    def _remove_from_inbox(self, path: Path, record) -> None:
-        try:
-            stat = path.lstat()
-        except FileNotFoundError:
-            return
-        if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
-            self.dm.inbox.quarantine(path, "modified while being trained: its size or mtime changed after it "
-                                     "was claimed (the claimed content was trained)",
-                                     bad_lines=record.bad_lines, total_lines=None, first_errors=[])
+            return  # stop requested while the checkpoint kept failing: the file stays claimed
+        if abandoned:
+            log.error("File %s abandoned at step %d with %d example(s) untrained: it could not be read as "
+                      "it was claimed", record.name, step, record.examples - record.examples_trained)
         else:
-            self.dm.inbox.delete(path)
+            log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, step,
+                     record.examples)
+        faults.point("before-delete", step)
+        self.dm.feed.finish(meta["handle"], record, abandoned)
+        self.status.update(current_file=None, total_steps=step, write=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # An epoch ends whenever the feed has nothing ready; stop only if asked or drained.
         self.guard.idle()
         if self.stop.requested or self.dm.feed.finished:
-            why = self.stop.reason if self.stop.requested else "inbox drained"
+            self._stop(trainer, pl_module, self.stop.reason if self.stop.requested else "inbox drained")
+
+    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule, why: str) -> None:
+        if not trainer.should_stop:
             log.info("Stopping (%s) at step %d", why, trainer.global_step)
             self.status.update(status="stopping", write=True)
-            self.save(trainer, pl_module)
-            trainer.should_stop = True
+        self.guard.idle()
+        self.save(trainer, pl_module)
+        trainer.should_stop = True
 
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         """Checkpoint the current step (once per step), then apply retention.
 
-        Disk full and I/O errors leave earlier checkpoints intact and are retried with a doubling
-        backoff; False if a stop request ended the retries before a checkpoint could be written.
+        Any failure while writing is a storage fault (disk full raises SafetensorError or
+        RuntimeError, not only OSError): earlier checkpoints stay intact, the write is retried
+        with a doubling backoff and never blamed on the data file. False if a stop request
+        ended the retries before a checkpoint could be written.
         """
         step = trainer.global_step
         if step == 0 or step == self.last_saved_step:
             return True
         _require_finite(pl_module)
         path = self.models_dir / f"{checkpoints.PREFIX}{step}"
-        delay = self.policy.retry_initial_seconds
-        while True:
-            try:
-                self._check_free_space()
-                started = time.perf_counter()
-                trainer.save_checkpoint(path, weights_only=False)
-                break
-            except OSError as err:
-                log.error("Could not write checkpoint %s: %s (earlier checkpoints are intact)", path.name, err)
-                self.status.update(status="error", error=f"checkpoint {path.name}: {err}", write=True)
-                if not self._wait(delay):
-                    log.error("Stop requested: giving up on checkpoint %s", path.name)
-                    return False
-                delay = min(delay * 2, self.policy.retry_max_seconds)
+
+        def attempt() -> float:
+            self._check_free_space()
+            started = time.perf_counter()
+            trainer.save_checkpoint(path, weights_only=False)
+            return time.perf_counter() - started
+
+        saved, seconds = retry(attempt, f"checkpoint {path.name}", self.backoff, self.stop, self.status)
+        if not saved:
+            return False
         self.last_saved_step, self.newest = step, path.name
-        log.info("Saved checkpoint %s in %.0f ms", path.name, (time.perf_counter() - started) * 1000)
-        state = "training" if self.status.fields["status"] == "error" else self.status.fields["status"]
-        self.status.update(status=state, error=None, last_checkpoint=path.name, write=True)
-        checkpoints.prune(self.models_dir, self.policy.keep)
+        log.info("Saved checkpoint %s in %.0f ms", path.name, seconds * 1000)
+        self.status.update(last_checkpoint=path.name, write=True)
+        try:
+            checkpoints.prune(self.models_dir, self.policy.keep)
+        except OSError as err:  # retention is retried after the next checkpoint
+            log.error("Could not remove old checkpoints: %s", err)
         return True
 
     def _check_free_space(self) -> None:
         free_mb = shutil.disk_usage(self.models_dir).free / 2**20
         if free_mb < self.policy.min_free_mb:
-            raise OSError(errno.ENOSPC, f"only {free_mb:.0f} MiB free in {self.models_dir}, "
-                                        f"checkpoint.min_free_mb={self.policy.min_free_mb}")
-
-    def _wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; False as soon as a stop is requested."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.stop.requested:
-                return False
-            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-        return not self.stop.requested
+            raise StorageFault(errno.ENOSPC, f"only {free_mb:.0f} MiB free in {self.models_dir}, "
+                                             f"checkpoint.min_free_mb={self.policy.min_free_mb}")
 
 
 def _require_finite(pl_module: L.LightningModule) -> None:

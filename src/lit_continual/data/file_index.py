@@ -1,39 +1,54 @@
-"""One pass over an inbox file: sha256, byte offsets of the valid lines, bad-line report.
+"""One pass over a claimed file: sha256, byte offset and checksum of each valid line, bad lines.
 
-The file is never held in memory; examples are read back by offset when their batch is built.
-The index costs 8 bytes per example (int64 offset), 12 with packing (+ int32 token length).
+The file is never held in memory and never reopened by name: the pass and every later read
+go through the descriptor held since the claim, and each example's CRC-32 is checked when it
+is read back, so a file rewritten in place after its claim is noticed instead of trained.
+The index costs 12 bytes per example (int64 offset + uint32 CRC), 16 with packing (+ int32
+token length).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import zlib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from lit_continual.data.records import BadLine, RecordSpec, parse_line
 
+log = logging.getLogger("lit_continual")
+
 MAX_REPORTED_ERRORS = 10
 CANCEL_CHECK_LINES = 4096
+READ_CHUNK = 1 << 16
 
 
 class IndexCancelled(RuntimeError):
     """A stop request interrupted an index pass."""
 
-MEASURE_CHUNK = 256
+
+class FileChanged(OSError):
+    """A claimed file's bytes no longer match its index (rewritten or truncated in place)."""
+
+
+Judge = Callable[[dict], "int | None"]  # raises if the record cannot be tokenized; token length or None
 
 
 @dataclass
 class FileIndex:
     """Where each valid example of a file starts, and what was wrong with the other lines."""
 
-    path: Path
+    fd: int  # the claim's descriptor (not owned)
+    name: str
     sha256: str
     size: int
     offsets: np.ndarray  # int64 byte offset of each valid line
+    crcs: np.ndarray  # uint32 CRC-32 of each valid line's bytes
     total_lines: int  # non-blank lines
     bad_lines: int
     first_errors: list[dict] = field(default_factory=list)
@@ -43,65 +58,108 @@ class FileIndex:
     def examples(self) -> int:
         return len(self.offsets)
 
-    @classmethod
-    def scan(cls, path: Path, spec: RecordSpec, max_line_bytes: int = 64 << 20,
-             measure: Callable[[list[dict]], list[int]] | None = None,
-             cancelled: Callable[[], bool] = lambda: False) -> FileIndex:
-        """Read `path` once; blank lines are ignored, invalid ones counted with their line number.
+    @property
+    def nbytes(self) -> int:
+        return self.offsets.nbytes + self.crcs.nbytes + (self.lengths.nbytes if self.lengths is not None else 0)
 
-        A line longer than `max_line_bytes` is a bad line and is skipped without being held in
-        memory, so one enormous line cannot exhaust the machine. `measure` (packing) returns the
-        token length of each record; it is called on chunks of valid records. `cancelled` is
-        polled every few thousand lines (a stop request must not wait for a 2 GB pass).
+    @classmethod
+    def scan(cls, fd: int, name: str, spec: RecordSpec, max_line_bytes: int = 64 << 20,
+             judge: Judge | None = None, cancelled: Callable[[], bool] = lambda: False) -> FileIndex:
+        """Read the file behind `fd` once; blank lines are ignored, bad ones counted by number.
+
+        Anything that goes wrong with one line (parsing, validation, the `judge` that renders or
+        tokenizes it) makes it a bad line with the reason; only reading the file itself can fail
+        the pass. A line longer than `max_line_bytes` is skipped without being held in memory.
+        `judge` returns the token length (packing) or None. `cancelled` is polled every few
+        thousand lines, so a stop never waits for a 2 GB pass.
         """
         digest = hashlib.sha256()
-        offsets, lengths = array("q"), array("i")
-        records: list[dict] = []
+        offsets, crcs, lengths = array("q"), array("I"), array("i")
         total = bad = number = position = 0
         errors: list[dict] = []
-        with open(path, "rb") as handle:
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            handle.seek(0)
             while raw := handle.readline(max_line_bytes + 1):
                 number += 1
                 if number % CANCEL_CHECK_LINES == 0 and cancelled():
-                    raise IndexCancelled(f"indexing {path.name} stopped at line {number}")
+                    log.info("Index pass of %s stopped by a stop request at line %d", name, number)
+                    raise IndexCancelled(f"indexing {name} stopped at line {number}")
                 digest.update(raw)
                 start, position = position, position + len(raw)
                 if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
                     position += _skip_rest_of_line(handle, digest)
-                    problem = f"line longer than data.max_line_bytes={max_line_bytes}"
+                    problem, length = f"line longer than data.max_line_bytes={max_line_bytes}", None
                 elif not raw.strip():
                     continue
                 else:
-                    try:
-                        records.append(parse_line(raw, spec))
-                        problem = None
-                    except BadLine as err:
-                        problem = str(err)
+                    problem, length = _judge_line(raw, spec, judge)
                 total += 1
                 if problem is None:
                     offsets.append(start)
-                    if measure is None:
-                        records.clear()
-                    elif len(records) >= MEASURE_CHUNK:
-                        lengths.extend(measure(records))
-                        records.clear()
+                    crcs.append(zlib.crc32(raw))
+                    if judge is not None and length is not None:
+                        lengths.append(length)
                     continue
                 bad += 1
                 if len(errors) < MAX_REPORTED_ERRORS:
                     errors.append({"line": number, "error": problem})
-        if measure is not None and records:
-            lengths.extend(measure(records))
-        return cls(path, digest.hexdigest(), position, np.frombuffer(offsets, dtype=np.int64), total, bad,
-                   errors, np.frombuffer(lengths, dtype=np.int32) if measure is not None else None)
+        measured = np.frombuffer(lengths, dtype=np.int32) if len(lengths) == len(offsets) and len(lengths) else None
+        return cls(fd, name, digest.hexdigest(), position, np.frombuffer(offsets, dtype=np.int64),
+                   np.frombuffer(crcs, dtype=np.uint32), total, bad, errors, measured)
 
-    def read(self, positions: np.ndarray, spec: RecordSpec) -> list[dict]:
-        """The records at example positions `positions` (indices into offsets)."""
-        records = []
-        with open(self.path, "rb") as handle:
-            for pos in positions:
-                handle.seek(int(self.offsets[pos]))
-                records.append(parse_line(handle.readline(), spec))
+    def read(self, positions: np.ndarray, spec: RecordSpec) -> list[dict | BadLine]:
+        """The records at example positions `positions`; a record that no longer parses is
+        returned as its BadLine. Raises FileChanged if the bytes are not those indexed."""
+        records: list[dict | BadLine] = []
+        for pos in positions:
+            raw = read_line(self.fd, int(self.offsets[pos]))
+            if zlib.crc32(raw) != int(self.crcs[pos]):
+                raise FileChanged(f"{self.name}: the example at byte {int(self.offsets[pos])} is not what was "
+                                  "indexed (the claimed file was rewritten or truncated in place)")
+            try:
+                records.append(parse_line(raw, spec))
+            except BadLine as err:
+                records.append(err)
         return records
+
+    def line_number(self, position: int) -> int:
+        """1-based line number of example `position` (counts newlines: for error messages only)."""
+        offset, count, done = int(self.offsets[position]), 1, 0
+        while done < offset:
+            chunk = os.pread(self.fd, min(READ_CHUNK, offset - done), done)
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            done += len(chunk)
+        return count
+
+
+def _judge_line(raw: bytes, spec: RecordSpec, judge: Judge | None) -> tuple[str | None, int | None]:
+    try:
+        record = parse_line(raw, spec)
+        return None, judge(record) if judge is not None else None
+    except BadLine as err:
+        return str(err), None
+    except RecursionError:
+        return "cannot be rendered: nested too deeply", None
+    except Exception as err:  # a chat template's raise_exception, a tokenizer error, ...
+        return f"cannot be tokenized: {type(err).__name__}: {err}", None
+
+
+def read_line(fd: int, offset: int) -> bytes:
+    """The line starting at `offset` (with its newline), read through the descriptor."""
+    parts = []
+    while True:
+        chunk = os.pread(fd, READ_CHUNK, offset)
+        if not chunk:
+            break
+        end = chunk.find(b"\n")
+        if end >= 0:
+            parts.append(chunk[: end + 1])
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _skip_rest_of_line(handle, digest) -> int:

@@ -52,6 +52,12 @@ class RecordSpec:
         raise BadLine(f'matches no format: no "{self.messages_field}", "{self.prompt_field}"/'
                       f'"{self.completion_field}" or "{self.text_field}" field')
 
+    def strings(self, record: dict, kind: str) -> list[str]:
+        """The strings of a validated record that will be tokenized."""
+        if kind == "messages":
+            return [s for m in record[self.messages_field] for s in (m["role"], m["content"])]
+        return [record[key] for key in self._keys(kind) if isinstance(record.get(key), str)]
+
     def _keys(self, kind: str) -> tuple[str, ...]:
         return {"messages": (self.messages_field,), "text": (self.text_field,),
                 "prompt_completion": (self.prompt_field, self.completion_field)}[kind]
@@ -85,14 +91,27 @@ _CHECKS = {"text": _check_text, "prompt_completion": _check_prompt_completion, "
 
 
 def parse_line(raw: bytes, spec: RecordSpec) -> dict:
-    """Decode and validate one JSONL line; raise BadLine with the reason."""
+    """Decode and validate one JSONL line; raise BadLine with the reason.
+
+    Whatever goes wrong with one line makes it a bad line, never an exception that escapes:
+    invalid UTF-8 or JSON, nesting deep enough to exhaust the parser's recursion, integers
+    beyond Python's digit limit, and strings holding lone surrogates (valid JSON escapes that
+    no tokenizer can encode).
+    """
     try:
         record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadLine(f"not JSON: {err}") from None
+    except RecursionError:
+        raise BadLine("not JSON: nested too deeply to parse") from None
+    except Exception as err:  # JSONDecodeError, UnicodeDecodeError, the int digit limit, MemoryError, ...
+        raise BadLine(f"not JSON: {type(err).__name__}: {err}") from None
     if not isinstance(record, dict):
         raise BadLine(f"not a JSON object ({type(record).__name__})")
-    spec.kind(record)
+    kind = spec.kind(record)
+    for text in spec.strings(record, kind):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadLine(f"not valid Unicode: a lone surrogate {text[err.start]!a} at character {err.start}") from None
     return record
 
 
@@ -106,6 +125,12 @@ class Encoder:
 
     def encode(self, records: list[dict]) -> list[Example]:
         return [self.encode_one(r) for r in records]
+
+    def check(self, record: dict) -> None:
+        """Cheap index-time check of what tokenizing would need: a chat template renders the
+        conversation (templates may `raise_exception`). Raises whatever the template raises."""
+        if self.spec.kind(record) == "messages":
+            self.tokenizer.apply_chat_template(record[self.spec.messages_field], tokenize=False)
 
     def encode_one(self, record: dict) -> Example:
         kind = self.spec.kind(record)
@@ -136,21 +161,102 @@ class Encoder:
         return bos + question + answer, [IGNORE] * (len(bos) + len(question)) + answer
 
     def _messages(self, messages: list[dict]) -> Example:
-        """Render turn by turn so each token's role is known; supervise assistant content only."""
-        template = self.tokenizer.apply_chat_template
-        ids, labels, rendered = [], [], ""
-        for i, message in enumerate(messages):
-            if message["role"] == "assistant":
-                header = template(messages[:i], tokenize=False, add_generation_prompt=True)
-                piece = self._ids(header[len(rendered):])
-                ids, labels, rendered = ids + piece, labels + [IGNORE] * len(piece), header
-            full = template(messages[: i + 1], tokenize=False)
-            piece = self._ids(full[len(rendered):])
-            supervised = message["role"] == "assistant"
-            ids, labels, rendered = ids + piece, labels + (piece if supervised else [IGNORE] * len(piece)), full
+        """Supervise the assistant turns only.
+
+        Turn by turn when every rendering extends the one before: each token's role is then
+        exact. Some templates move text between turns (e.g. the system prompt into the last user
+        turn), and whether they do can depend on the conversation, so this is checked per
+        example; where it fails, the whole rendering is tokenized once and the assistant turns
+        are found by character offsets.
+        """
+        renderings = self._renderings(messages)
+        texts = [""] + [text for text, _ in renderings]
+        rendered = texts[-1]
+        if all(later.startswith(earlier) for earlier, later in zip(texts[:-1], texts[1:], strict=True)):
+            ids, labels = self._by_turns(renderings)
+        else:
+            ids, labels = self._by_offsets(messages, rendered)
         bos = self._bos() if not rendered.startswith(self.tokenizer.bos_token or "\0") else []
         ids, labels = bos + ids, [IGNORE] * len(bos) + labels
         return ids[: self.max_length], labels[: self.max_length]
+
+    def _renderings(self, messages: list[dict]) -> list[tuple[str, bool]]:
+        """Each prefix of the conversation rendered, and whether the text it adds carries loss:
+        before an assistant turn its generation header (no loss), then the turn itself (loss)."""
+        template = self.tokenizer.apply_chat_template
+        renderings = []
+        for i, message in enumerate(messages):
+            supervised = message["role"] == "assistant"
+            if supervised:
+                renderings.append((template(messages[:i], tokenize=False, add_generation_prompt=True), False))
+            renderings.append((template(messages[: i + 1], tokenize=False), supervised))
+        return renderings
+
+    def _by_turns(self, renderings: list[tuple[str, bool]]) -> Example:
+        """Tokenize what each rendering adds to the one before (right only if each extends it)."""
+        ids, labels, rendered = [], [], ""
+        for text, supervised in renderings:
+            piece = self._ids(text[len(rendered):])
+            ids += piece
+            labels += piece if supervised else [IGNORE] * len(piece)
+            rendered = text
+        return ids, labels
+
+    def _by_offsets(self, messages: list[dict], rendered: str) -> Example:
+        """Tokenize the whole rendering once; supervise the tokens that start inside an assistant
+        content and the special token (its end of turn) that starts where that content ends."""
+        if not self.tokenizer.is_fast:
+            raise BadLine("the chat template is not prefix-stable for this conversation, and a slow "
+                          "tokenizer gives no character offsets to find the assistant turns by")
+        spans = _assistant_spans(messages, rendered)
+        encoded = self.tokenizer(rendered[: self.max_length * CHARS_PER_TOKEN_BOUND],
+                                 add_special_tokens=False, return_offsets_mapping=True)
+        ids, starts = encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
+        return ids, _span_labels(ids, starts, spans, set(self.tokenizer.all_special_ids))
+
+
+def _assistant_spans(messages: list[dict], rendered: str) -> list[tuple[int, int]]:
+    """Character spans of the non-empty assistant contents in `rendered`, each searched for
+    after the previous one; BadLine if one is not there verbatim (the template rewrote it)."""
+    spans, cursor = [], 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or not message["content"]:
+            continue
+        before = messages[i - 1] if i else {"role": "assistant"}
+        prompt = before["content"] if before["role"] != "assistant" else ""
+        start = _find_answer(rendered, message["content"], prompt, cursor)
+        if start < 0:
+            raise BadLine(f"messages[{i}] (assistant) is not in the chat template's rendering verbatim, "
+                          "so its tokens cannot be located")
+        cursor = start + len(message["content"])
+        spans.append((start, cursor))
+    return spans
+
+
+def _find_answer(rendered: str, answer: str, prompt: str, cursor: int) -> int:
+    """Where `answer` starts at or after `cursor`, after its `prompt` when that is found there:
+    an answer quoted in its own question ("Say OK." -> "OK") is not matched in the question."""
+    prompt_at = rendered.find(prompt, cursor) if prompt else -1
+    if prompt_at >= 0:
+        start = rendered.find(answer, prompt_at + len(prompt))
+        if start >= 0:
+            return start
+    return rendered.find(answer, cursor)
+
+
+def _span_labels(ids: list[int], starts: list[int], spans: list[tuple[int, int]], specials: set[int]) -> list[int]:
+    """Labels for tokens starting at `starts`: the token where it starts inside a span, or where
+    it is the first special token starting at a span's end; IGNORE elsewhere. Spans are sorted."""
+    labels, k = [], 0
+    for token, start in zip(ids, starts, strict=True):
+        # Past span k unless this token starts inside it or is a special token at its end.
+        while k < len(spans) and (start > spans[k][1] or (start == spans[k][1] and token not in specials)):
+            k += 1
+        inside = k < len(spans) and spans[k][0] <= start < spans[k][1]
+        closes = k < len(spans) and start == spans[k][1]
+        labels.append(token if inside or closes else IGNORE)
+        k += closes
+    return labels
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import logging
 import math
 import threading
 from pathlib import Path
@@ -22,15 +23,20 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_continual.claims import Claims
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.data.feed import FeedRules, InboxFeed, PreparedFile, SingleFileFeed
-from lit_continual.data.records import Encoder, RecordSpec, collate, collate_packed
+from lit_continual.data.file_index import FileChanged, FileIndex, Judge
+from lit_continual.data.records import IGNORE, BadLine, Encoder, Example, RecordSpec, collate, collate_packed
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
+from lit_continual.storage import Backoff
 
 PACK_WINDOW = 1024
+
+log = logging.getLogger("lit_continual")
 
 
 def pack_plan(lengths: np.ndarray, order: np.ndarray, max_length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,38 +106,53 @@ class FileStream(IterableDataset):
         unit = first = int(np.searchsorted(bounds, record.examples_trained))
         steps = {"file_steps_total": math.ceil(units_total / (size * windows)),
                  "file_steps_left": math.ceil((units_total - first) / (size * windows))}
-        while unit < units_total:
+        abandoned: str | None = None
+        while unit < units_total and abandoned is None:
             if dm.stop.requested:
                 return False
+            dm.feed.look_ahead()
             window_end_unit = min(unit + size * windows, units_total)
             parts = [(u, min(u + size, window_end_unit)) for u in range(unit, window_end_unit, size)]
-            parts += [(window_end_unit, window_end_unit)] * (windows - len(parts))  # zero-weight fillers
+            real = len(parts)
+            parts += [(window_end_unit, window_end_unit)] * (windows - real)  # zero-weight fillers
             for j, (lo, hi) in enumerate(parts):
-                batch = dm.make_batch(index, order, bounds[lo: hi + 1] if hi > lo else bounds[:0])
-                examples = int(bounds[hi] - bounds[lo]) if hi > lo else 0
+                batch = None
+                if abandoned is None and hi > lo:
+                    try:
+                        batch = dm.make_batch(index, order, bounds[lo: hi + 1])
+                    except OSError as err:  # rewritten in place, or unreadable: the rest is abandoned
+                        abandoned = "changed" if isinstance(err, FileChanged) else f"{type(err).__name__}: {err}"
+                        log.error("%s", err)
+                examples = int(bounds[hi] - bounds[lo]) if batch is not None else 0
+                batch = batch if batch is not None else dm.make_batch(index, order, bounds[:0])
                 last = j == windows - 1
                 batch["meta"] = {
-                    "file": record, "path": prepared.path, "examples": examples,
+                    "file": record, "handle": prepared.handle, "examples": examples,
                     "tokens": int(batch.pop("real_tokens")), "first_of_file": unit == first and j == 0,
-                    "window_start": j == 0, "window_end": last,
-                    "file_end": last and window_end_unit == units_total,
-                    "delete_when_done": prepared.delete_when_done, **steps,
+                    "window_start": j == 0, "window_end": last, "window_parts": real,
+                    "file_end": last and (window_end_unit == units_total or abandoned is not None),
+                    "abandoned": abandoned, **steps,
                 }
                 yield batch
             unit = window_end_unit
         return True
 
 
-def _length_meter(tokenizer, max_length: int, spec: RecordSpec):
-    """Token length per record for the index pass (packing). It may run on the index-ahead
-    thread, so it has its own tokenizer copy and a lock: Rust tokenizers are not re-entrant."""
+def index_judge(tokenizer, max_length: int, spec: RecordSpec, packing: bool) -> Judge:
+    """What the index pass checks of each record beyond its JSON: with packing it tokenizes it
+    (the token length plans the packs), otherwise it renders chat templates (which may raise).
+    It runs on the index-ahead thread, so it has its own tokenizer copy and a lock: Rust
+    tokenizers are not re-entrant."""
     encoder, lock = Encoder(copy.deepcopy(tokenizer), max_length, spec), threading.Lock()
 
-    def measure(records: list[dict]) -> list[int]:
+    def judge(record: dict) -> int | None:
         with lock:
-            return [len(ids) for ids, _ in encoder.encode(records)]
+            if packing:
+                return len(encoder.encode_one(record)[0])
+            encoder.check(record)
+            return None
 
-    return measure
+    return judge
 
 
 class ContinualDataModule(L.LightningDataModule):
@@ -151,29 +172,34 @@ class ContinualDataModule(L.LightningDataModule):
         self.spec = RecordSpec(cfg.data.format, cfg.data.text_field, cfg.data.prompt_field,
                                cfg.data.completion_field, cfg.data.messages_field)
         self.encoder = Encoder(tokenizer, cfg.data.max_length, self.spec)
-        measure = _length_meter(tokenizer, cfg.data.max_length, self.spec) if self.packing else None
         rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
-                          measure=measure)
-        self.inbox = Inbox(base_dir, cfg.daemon.settle_seconds)
+                          judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing))
         if cfg.data.source == "file":
-            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules)
+            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules, stop)
         else:
-            self.feed = InboxFeed(self.inbox, lambda: self.ledger, rules, stop, status, guard,
-                                  cfg.daemon.poll_seconds, cfg.daemon.exit_when_idle)
+            inbox = Inbox(base_dir, cfg.daemon.settle_seconds, cfg.daemon.poll_seconds)
+            backoff = Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
+            self.feed = InboxFeed(inbox, Claims(inbox.dir, base_dir / "failed"), lambda: self.ledger, rules,
+                                  stop, status, guard, lambda: self.trainer.global_step, backoff,
+                                  cfg.daemon.exit_when_idle)
 
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.accumulate
 
-    def make_batch(self, index, order: np.ndarray, unit_bounds: np.ndarray) -> dict[str, torch.Tensor]:
-        """Read, tokenize and collate the units whose bounds (into `order`) are given."""
+    def make_batch(self, index: FileIndex, order: np.ndarray, unit_bounds: np.ndarray) -> dict[str, torch.Tensor]:
+        """Read, tokenize and collate the units whose bounds (into `order`) are given.
+
+        Raises FileChanged/OSError if the claimed file cannot give back what was indexed.
+        """
         if len(unit_bounds) < 2:
             batch = collate([], self.pad_id)
             batch["real_tokens"] = torch.tensor(0)
             return batch
         positions = order[unit_bounds[0]: unit_bounds[-1]]
-        examples = self.encoder.encode(index.read(positions, self.spec))
+        records = index.read(positions, self.spec)
+        examples = [self._encode(index, int(pos), record) for pos, record in zip(positions, records, strict=True)]
         if not self.packing:
             batch = collate(examples, self.pad_id)
             batch["real_tokens"] = batch["attention_mask"].sum()
@@ -182,6 +208,17 @@ class ContinualDataModule(L.LightningDataModule):
         rows = [examples[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         width = max(sum(len(ids) for ids, _ in row) for row in rows)
         return collate_packed(rows, self.pad_id, width)
+
+    def _encode(self, index: FileIndex, position: int, record: dict | BadLine) -> Example:
+        """One example; a line found bad only now keeps its slot with zero weight (exact steps)."""
+        try:
+            if isinstance(record, BadLine):
+                raise record
+            return self.encoder.encode_one(record)
+        except Exception as err:
+            log.warning("%s line %d: bad line found while batching, trained with zero weight: %s: %s",
+                        index.name, index.line_number(position), type(err).__name__, err)
+            return [self.pad_id], [IGNORE]
 
     def train_dataloader(self) -> DataLoader:
         # Its own generator: creating the loader iterator must not consume the global torch RNG,
