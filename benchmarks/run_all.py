@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["big_file.py"]]
+SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["backlog.py"], ["big_file.py"]]
 
 
 def _load(name: str) -> dict:
@@ -24,6 +24,7 @@ def _load(name: str) -> dict:
 def table() -> str:
     tiny, smol = _load("throughput_tiny"), _load("throughput_smollm2")
     ops, big, over = _load("operations"), _load("big_file"), _load("overhead")
+    backlog = _load("backlog")
     rows = []
 
     def row(figure: str, target: str, value: str, met: bool | None) -> None:
@@ -68,6 +69,14 @@ def table() -> str:
         row("memory: RSS after 30 small files vs after 3", "within 5 %",
             f"{ops['rss_mb_after_3_files']} → {ops['rss_mb_after_30_files']} MB ({ops['rss_growth_3_to_30']:+.1%})",
             abs(ops["rss_growth_3_to_30"]) <= 0.05)
+    if "large_over_small_rate" in backlog:
+        small, large = backlog["backlog_sizes"][0], backlog["backlog_sizes"][-1]
+        capped = " (window capped)" if backlog[f"n{large}_window_capped"] else ""
+        row(f"backlog: files/minute with {large:,} one-step files waiting vs {small:,} waiting", "≥ 0.8×",
+            f"{backlog[f'n{large}_files_per_minute']} vs {backlog[f'n{small}_files_per_minute']} = "
+            f"{backlog['large_over_small_rate']}× ({backlog[f'n{large}_seconds_per_file']} s vs "
+            f"{backlog[f'n{small}_seconds_per_file']} s per file){capped}",
+            backlog["large_over_small_rate"] >= 0.8)
     for model, o in over.items():
         row(f"{model}: daemon's own cost per step (everything but forward, backward, clipping, optimizer), "
             "in one process", "", f"{o['overhead_ms_per_step']} ms of {o['ms_per_step']} ms "
@@ -84,6 +93,12 @@ def table() -> str:
         row("index pass (sha256, offsets, validation) / index size", "≤ 16 B per example",
             f"{big['index_s']} s ({big['index_mb_per_s']} MB/s); {big['index_bytes_per_example']} B per example",
             big["index_bytes_per_example"] <= 16)
+    if "stop_during_index_s" in big:
+        finished = big["stop_during_index_pass_finished"]
+        row("`.stop` during the index pass of that file → process exit", "≤ 10 s, exit 0, pass cancelled",
+            f"{big['stop_during_index_s']} s, exit {big['stop_during_index_exit_code']}, "
+            f"{'pass ran to its end' if finished else 'pass cancelled'}",
+            big["stop_during_index_s"] <= 10 and big["stop_during_index_exit_code"] == 0 and not finished)
     head = "| figure | target | measured | |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows) + "\n"
 

@@ -60,6 +60,8 @@ def compose(base: Path, spec: dict, *extra: str):
 
 def prebuilt_batches(cfg, data: Path, base: Path, count: int):
     """The daemon's own first `count` batches of `data` (same permutation, same collate)."""
+    import os
+
     import numpy as np
 
     from lit_continual.crash_guard import CrashGuard
@@ -73,7 +75,7 @@ def prebuilt_batches(cfg, data: Path, base: Path, count: int):
     _, tokenizer, _ = load_base(cfg, base)
     dm = ContinualDataModule(cfg, tokenizer, base, StopRequest(base / ".stop"), Status(base),
                              CrashGuard(base, 3))
-    index = FileIndex.scan(data, dm.spec)
+    index = FileIndex.scan(os.open(data, os.O_RDONLY), data.name, dm.spec)
     order = np.random.default_rng(shuffle_seed(cfg.seed, 1)).permutation(index.examples)
     bounds = np.arange(index.examples + 1)
     size = cfg.data.batch_size

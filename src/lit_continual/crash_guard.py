@@ -30,6 +30,7 @@ class CrashGuard:
         self.max_crashes = max_crashes
         self.history: dict | None = None
         self._fd: int | None = None
+        self._write_failed = False
 
     def start(self) -> None:
         """Count a crash if the previous process died while training; open the marker."""
@@ -78,8 +79,16 @@ class CrashGuard:
             self._fd = None
 
     def _write(self, text: str) -> None:
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        try:
             os.pwrite(self._fd, text.encode().ljust(RECORD_BYTES), 0)
+            self._write_failed = False
+        except OSError as err:  # a full disk must not stop training; the guard is best effort then
+            if not self._write_failed:
+                log.error("Could not write %s: %s (the crash-loop guard cannot count this step)",
+                          self.marker.name, err)
+            self._write_failed = True
 
 
 def _read_json(path: Path) -> dict | None:

@@ -61,7 +61,19 @@ class Inbox:
     def waiting(self) -> list[str]:
         """Names of the `*.jsonl` files waiting (settling ones included), oldest first."""
         self._refresh()
-        return [n for n in self._order if (n, self._seen[n].inode) not in self.ignored]
+        return list(self._queue())
+
+    def has_waiting(self) -> bool:
+        """Any file waiting? (Stops at the first: cheap with a big backlog.)"""
+        self._refresh()
+        return next(self._queue(), None) is not None
+
+    def _queue(self):
+        """Waiting names, oldest first, lazily: a big backlog is never walked whole per call."""
+        ignored = self.ignored
+        for name in self._order:
+            if not ignored or (name, self._seen[name].inode) not in ignored:
+                yield name
 
     def count(self) -> int:
         """How many files are waiting, from the cache (never scans: safe under any lock)."""
@@ -130,23 +142,27 @@ class Inbox:
         `settle_seconds` apart on its own monotonic clock. An mtime in the past proves nothing
         (a lagging file-server clock, `cp -p`, rsync keep old mtimes on files still growing).
         """
-        names = self.waiting()
+        self._refresh()
         now = time.monotonic()  # after a rescan that may have just started watching a file
-        for name in names:
+        gone, ready = [], None
+        for name in self._queue():
             if name in skip:
                 continue
             seen = self._seen[name]
             try:
                 st = os.lstat(self.dir / name)
             except FileNotFoundError:
-                self.forget(name)
+                gone.append(name)
                 continue
             if (st.st_ino, st.st_size, st.st_mtime_ns) != seen.signature():
                 self._seen[name] = Seen(st.st_ino, st.st_size, st.st_mtime_ns, now)
                 continue
             if now - seen.since >= self.settle_seconds:
-                return name
-        return None
+                ready = name
+                break
+        for name in gone:
+            self.forget(name)
+        return ready
 
     def settled_signature(self, name: str) -> tuple[int, int, int] | None:
         seen = self._seen.get(name)

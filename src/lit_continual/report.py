@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lit_continual import checkpoints
+from lit_continual.claims import CLAIMED, Claims, claimed_name
 from lit_continual.logs import escape
 
 
@@ -19,8 +20,11 @@ def render(base_dir: Path) -> tuple[str, bool]:
     ok = bool(found) and len(intact) == len(found)
     if intact:
         lines += _newest_lines(intact[-1], is_newest=intact[-1] == found[-1])
-    inbox = sorted(p.name for p in (base_dir / "inbox").glob("*.jsonl"))
+    inbox = sorted(escape(p.name) for p in (base_dir / "inbox").glob("*.jsonl"))
     lines += ["", f"Inbox: {len(inbox)} file(s) waiting {inbox if inbox else ''}".rstrip()]
+    held = sorted(escape(claimed_name(n)) for n in Claims(base_dir / "inbox", base_dir / "failed").pending())
+    if held:
+        lines.append(f"Claimed (in progress or next, under inbox/{CLAIMED}/): {held}")
     lines += ["", "RESULT: " + ("PASS" if ok else "FAIL")]
     return "\n".join(lines), ok
 

@@ -189,7 +189,7 @@ class InboxFeed:
                 return prepared
             if self._ahead is not None or self._pending:
                 continue  # the next claimed file was rejected: try the one after it
-            if self.drain and not self.inbox.waiting():
+            if self.drain and not self.inbox.has_waiting():
                 self._drained = True
             if self._drained or not block:
                 return None
