@@ -72,10 +72,12 @@ def table() -> str:
     if "large_over_small_rate" in backlog:
         small, large = backlog["backlog_sizes"][0], backlog["backlog_sizes"][-1]
         capped = " (window capped)" if backlog[f"n{large}_window_capped"] else ""
-        row(f"backlog: files/minute with {large:,} one-step files waiting vs {small:,} waiting", "≥ 0.8×",
+        row(f"backlog: files/minute with {large:,} one-step files waiting vs {small:,} waiting "
+            f"({backlog[f'n{large}_files_measured']} files each)", "≥ 0.8×",
             f"{backlog[f'n{large}_files_per_minute']} vs {backlog[f'n{small}_files_per_minute']} = "
             f"{backlog['large_over_small_rate']}× ({backlog[f'n{large}_seconds_per_file']} s vs "
-            f"{backlog[f'n{small}_seconds_per_file']} s per file){capped}",
+            f"{backlog[f'n{small}_seconds_per_file']} s per file; stop with {large:,} waiting "
+            f"{backlog[f'n{large}_stop_s']} s){capped}",
             backlog["large_over_small_rate"] >= 0.8)
     for model, o in over.items():
         row(f"{model}: daemon's own cost per step (everything but forward, backward, clipping, optimizer), "
@@ -90,8 +92,9 @@ def table() -> str:
             "peak RSS growth vs a small file, 200 steps each", "< 300 MB",
             f"+{big['peak_rss_growth_mb']} MB ({big['peak_rss_mb_small_file']} → {big['peak_rss_mb_big_file']} MB)",
             big["peak_rss_growth_mb"] < 300)
-        row("index pass (sha256, offsets, validation) / index size", "≤ 16 B per example",
-            f"{big['index_s']} s ({big['index_mb_per_s']} MB/s); {big['index_bytes_per_example']} B per example",
+        row("index pass (sha256, offsets, CRC-32, validation) / index size", "≤ 16 B per example",
+            f"{big['index_s']} s ({big['index_mb_per_s']} MB/s); {big['index_bytes_per_example']} B per example "
+            "(16 with packing)",
             big["index_bytes_per_example"] <= 16)
     if "stop_during_index_s" in big:
         finished = big["stop_during_index_pass_finished"]

@@ -293,6 +293,7 @@ def test_stop_interrupts_the_index_pass_of_a_big_first_file(tmp_path: Path):
         proc.kill()
     assert "Index pass of big.jsonl stopped by a stop request" in log_text(base)
     assert under_inbox(base, "big.jsonl") and not list((base / "current_model").glob("checkpoint-*"))
+    claimed(base, "big.jsonl")[0].unlink()  # 400 MB: do not keep it in pytest's retained temp dirs
 
 
 def test_stop_interrupts_the_index_pass_in_train_py(tmp_path: Path):
@@ -309,6 +310,7 @@ def test_stop_interrupts_the_index_pass_in_train_py(tmp_path: Path):
         proc.kill()
     assert "Index pass of big.jsonl stopped by a stop request" in log_text(base)
     assert big.exists()
+    big.unlink()
 
 
 def test_file_landing_while_another_trains_is_indexed_before_the_switch(tmp_path: Path):

@@ -312,8 +312,11 @@ def _deleted_lock(fleet: Fleet) -> None:
                                     "wrote_no_lock_file": not (fleet.base / ".lock").exists()}
 
 
-def _fill(path: Path) -> int:
-    """Write zeros to `path` until the filesystem is full; the bytes written."""
+def _fill_disk(path: Path) -> int:
+    """Write zeros to `path` until the filesystem is full; the bytes written. Refuses anything
+    but the small tmpfs this test mounted (never fill the machine's real disk)."""
+    vfs = os.statvfs(path.parent)
+    assert vfs.f_blocks * vfs.f_frsize <= 64 << 20, f"{path.parent} is not the small test tmpfs"
     fd, written = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 0
     try:
         while True:
@@ -333,7 +336,7 @@ def _disk_full(fleet: Fleet, pipe: Pipeline, models_seen: Path) -> None:
     failed_before = _count_in_log(fleet.base, "Could not write checkpoint")
     cleared_before = _count_in_log(fleet.base, "after the storage fault cleared")
     filler = models_seen / "filler"
-    started, filled = time.monotonic(), _fill(filler)
+    started, filled = time.monotonic(), _fill_disk(filler)
     fleet.wait(lambda: _count_in_log(fleet.base, "Could not write checkpoint") >= failed_before + 2
                and _status_of(fleet.base).get("status") == "error", 120, "two failed checkpoint writes")
     filler.unlink()

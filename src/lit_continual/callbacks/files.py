@@ -112,9 +112,10 @@ class FileLifecycle(L.Callback):
             self._stop(trainer, pl_module, self.stop.reason if self.stop.requested else "inbox drained")
 
     def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule, why: str) -> None:
-        if not trainer.should_stop:
-            log.info("Stopping (%s) at step %d", why, trainer.global_step)
-            self.status.update(status="stopping", write=True)
+        if trainer.should_stop:
+            return  # already stopping (at a step end; the epoch end comes next)
+        log.info("Stopping (%s) at step %d", why, trainer.global_step)
+        self.status.update(status="stopping", write=True)
         self.guard.idle()
         self.save(trainer, pl_module)
         trainer.should_stop = True
