@@ -65,8 +65,8 @@ def prebuilt_batches(cfg, data: Path, base: Path, count: int):
     import numpy as np
 
     from lit_continual.crash_guard import CrashGuard
-    from lit_continual.data.feed import shuffle_seed
     from lit_continual.data.file_index import FileIndex
+    from lit_continual.data.prepare import shuffle_seed
     from lit_continual.data.stream import ContinualDataModule
     from lit_continual.models import load_base
     from lit_continual.status import Status

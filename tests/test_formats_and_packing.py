@@ -148,8 +148,8 @@ PACKED = ("data.packing=true", "data.batch_size=2", "data.max_length=512", "logg
 def _expected_packed_steps(path: Path) -> int:
     import numpy as np
 
-    from lit_continual.data.feed import shuffle_seed
     from lit_continual.data.file_index import FileIndex
+    from lit_continual.data.prepare import shuffle_seed
     from lit_continual.data.stream import pack_plan
 
     encoder = Encoder(tiny.build_tokenizer(), 512)

@@ -421,3 +421,68 @@ def test_base_dir_from_version_0_1_resumes_exactly(tmp_path: Path):
         expected["adapter_sha256"]
     assert not list((base / "failed").iterdir())
     assert not under_inbox(base, "a.jsonl") and not under_inbox(base, "b.jsonl")
+
+
+# -- what a restart replays: the disposal decided before the end-of-file checkpoint ----------
+
+def test_file_appended_after_its_claim_goes_to_failed_even_after_a_kill_before_the_move(tmp_path: Path):
+    base = tmp_path / "run"
+    write_jsonl(base / "inbox" / "x.jsonl", 400, seed=1)
+    env = {**os.environ, "LIT_CONTINUAL_FAULT": "before-delete@50"}
+    proc = subprocess.Popen(daemon_cmd(base, DRAIN), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (base / "logs").is_dir() and "Indexed x.jsonl" in log_text(base), 90, "the claim")
+        (path,) = claimed(base, "x.jsonl")
+        with open(path, "a") as writer:  # the pipeline was not done: more lines after the claim
+            writer.write(json.dumps({"text": "appended after the claim"}) + "\n")
+        assert proc.wait(timeout=120) == -signal.SIGKILL  # after the end-of-file checkpoint, before the move
+    finally:
+        proc.kill()
+    assert claimed(base, "x.jsonl"), "the kill came before the move"
+    assert train_here(base, DRAIN) == 0
+    report = json.loads((base / "failed" / "x.jsonl.error.json").read_text())
+    assert "modified while being trained" in report["reason"]
+    assert (base / "failed" / "x.jsonl").read_text().endswith('{"text": "appended after the claim"}\n')
+    assert done(base) == [("x.jsonl", "done", 400, 400)]
+
+
+def test_resumed_file_appended_to_while_the_daemon_was_down_is_finished_not_retrained(tmp_path: Path, monkeypatch):
+    base = tmp_path / "run"
+    write_jsonl(base / "inbox" / "x.jsonl", 400, seed=1)
+    stop_after(monkeypatch, 10)
+    assert train_here(base) == 0
+    monkeypatch.undo()
+    stopped_at = trainer_state(newest(base))["global_step"]
+    with open(claimed(base, "x.jsonl")[0], "a") as writer:
+        writer.write(json.dumps({"text": "appended while the daemon was down"}) + "\n")
+    assert train_here(base, DRAIN) == 0
+    assert done(base) == [("x.jsonl", "done", 400, 400)], "resumed, not abandoned and retrained"
+    assert trainer_state(newest(base))["global_step"] == 50 and stopped_at < 50
+    assert (base / "failed" / "x.jsonl").read_text().endswith("appended while the daemon was down\"}\n")
+
+
+def test_claim_ids_keep_claim_order_when_the_clock_steps_back(tmp_path: Path, monkeypatch):
+    from lit_continual.claims import Claims
+
+    claims = Claims(tmp_path / "inbox", tmp_path / "failed")
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        write_jsonl(tmp_path / "inbox" / name, 1)
+    clock = iter([3_000, 2_000, 1_000])  # NTP stepping the wall clock back between claims
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        claims.claim(name).close()
+    assert [n.split("-", 1)[1] for n in claims.pending()] == ["a.jsonl", "b.jsonl", "c.jsonl"]
+
+
+def test_only_the_newest_legacy_record_with_its_ctime_counts_as_an_interrupted_delete():
+    from lit_continual.ledger import FileRecord, Ledger
+
+    def record(name: str, inode: int, ctime: int) -> FileRecord:
+        return FileRecord(name=name, sha256="ab", size=1, inode=inode, ctime_ns=ctime, ordinal=1, examples=1,
+                          bad_lines=0, shuffle_seed=7, status="done")
+
+    ledger = Ledger(files_done=[record("old.jsonl", 5, 50), record("x.jsonl", 7, 70)])
+    assert ledger.find_legacy_done("x.jsonl", 7, 70) is not None
+    assert ledger.find_legacy_done("x.jsonl", 7, 71) is None, "same inode reused by a new delivery"
+    assert ledger.find_legacy_done("old.jsonl", 5, 50) is None, "only the newest can have an interrupted delete"

@@ -322,3 +322,7 @@ def test_read_only_inbox_trains_in_place_and_ignores_what_it_cannot_delete(tmp_p
     assert (second["status"], second["error"]) == ("stopped", None), second
     assert any(trained_but_kept in w for w in second["warnings"]), second["warnings"]
     assert good.read_bytes() == good_bytes
+    # The rejected file left in the inbox is recognised too (name, inode, sha256 in the ledger's
+    # files_rejected): not copied to failed/ a second time.
+    assert sorted(p.name for p in (base / "failed").iterdir()) == ["bad.jsonl", "bad.jsonl.error.json"]
+    assert any("inbox/bad.jsonl was already in failed/" in w for w in second["warnings"]), second["warnings"]

@@ -153,7 +153,7 @@ def test_status_write_failure_is_logged_not_raised(tmp_path: Path, monkeypatch, 
 
 @pytest.mark.parametrize("step", [0, 1])
 def test_shuffle_seed_differs_per_file_and_is_stable(step):
-    from lit_continual.data.feed import shuffle_seed
+    from lit_continual.data.prepare import shuffle_seed
 
     assert shuffle_seed(1234, 1 + step) == shuffle_seed(1234, 1 + step)
     assert shuffle_seed(1234, 1 + step) != shuffle_seed(1234, 2 + step)

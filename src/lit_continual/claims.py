@@ -34,6 +34,10 @@ class NotAFile(OSError):
     """The claimed entry is a symlink, a directory or a special file."""
 
 
+class SourceUnreadable(OSError):
+    """A file to move to failed/ cannot even be read (not a storage fault: retrying won't help)."""
+
+
 @dataclass
 class Claim:
     """One claimed file: where it sits now, the descriptor it is read through, what was seen."""
@@ -84,6 +88,15 @@ class Claims:
         self.inbox_dir = inbox_dir
         self.dir = inbox_dir / CLAIMED
         self.failed_dir = failed_dir
+        self._last_id = 0
+
+    def _next_id(self) -> str:
+        """A claim id that sorts after every earlier one, even if the wall clock steps back."""
+        if not self._last_id:
+            self._last_id = max((int(n.split("/")[-1].split("-", 1)[0]) for n in self.pending()
+                                 if n.split("/")[-1].split("-", 1)[0].isdigit()), default=0)
+        self._last_id = max(time.time_ns(), self._last_id + 1)
+        return f"{self._last_id:020d}"
 
     def pending(self) -> list[str]:
         """Entries of `.claimed/` (relative to the inbox), in claim order."""
@@ -109,49 +122,50 @@ class Claims:
         return Claim(claimed_name(claimed_as), path, fd, False, st, claimed_as)
 
     def _rename_in(self, source: Path, name: str) -> Path | None:
-        target = self.dir / f"{time.time_ns():020d}-{name}"
+        target = self.dir / f"{self._next_id()}-{name}"
         try:
             self.dir.mkdir(exist_ok=True)
             os.rename(source, target)
-            atomic.fsync_dir(self.dir)
-            atomic.fsync_dir(self.inbox_dir)
         except FileNotFoundError:
             raise
         except OSError as err:  # a read-only or immutable inbox: train it where it is
             log.warning("Could not move inbox/%s into %s/ (%s): claiming it in place", name, CLAIMED, err)
             return None
+        _fsync_dirs(self.dir, self.inbox_dir)
         return target
 
-    def reclaim(self, claim: Claim) -> Claim | None:
-        """The claimed file changed under us: what sits there now is a new delivery, claimed
-        under a fresh id (None for an in-place claim: the inbox sees it as a new file)."""
-        claim.close()
-        if claim.in_place:
-            return None
-        fresh = self.dir / f"{time.time_ns():020d}-{claim.name}"
-        try:
-            os.rename(claim.path, fresh)
-        except FileNotFoundError:
-            return None
-        atomic.fsync_dir(self.dir)
-        try:
-            return self.reopen(f"{CLAIMED}/{fresh.name}")
-        except OSError:
-            return None
+    def release(self, path: Path, name: str) -> None:
+        """What sits at a claimed path is not what was claimed (rewritten in place): hand it back
+        to the inbox as a new delivery, so it settles and is judged like any other file. Never
+        replaces a file delivered meanwhile under that name."""
+        target, n = self.inbox_dir / name, 1
+        stem, dot, ext = name.partition(".")
+        while True:
+            try:
+                os.link(path, target)
+                break
+            except FileExistsError:
+                target, n = self.inbox_dir / f"{stem}-{n}{dot}{ext}", n + 1
+            except FileNotFoundError:
+                return
+        os.unlink(path)
+        _fsync_dirs(self.dir, self.inbox_dir)
+        log.warning("inbox/%s changed after it was claimed: its new content is a new delivery, inbox/%s",
+                    name, target.name)
 
-    def delete(self, claim: Claim) -> str | None:
-        """Remove a trained file; None, or why it could not be removed (it is then left there)."""
-        claim.close()
+    def delete_path(self, path: Path, name: str, inode: int | None = None) -> str | None:
+        """Remove a trained file by path; None, or why it could not be removed. With `inode`, a
+        different file now at that path (a new delivery in an in-place inbox) is left alone."""
         try:
-            if claim.in_place and os.lstat(claim.path).st_ino != claim.stat.st_ino:
-                return None  # something new was delivered at that name: it is not ours to delete
-            os.unlink(claim.path)
+            if inode is not None and os.lstat(path).st_ino != inode:
+                return None
+            os.unlink(path)
         except FileNotFoundError:
             return None
         except OSError as err:
             return f"{type(err).__name__}: {err.strerror or err}"
-        atomic.fsync_dir(claim.path.parent)
-        log.info("Deleted inbox/%s", claim.name)
+        _fsync_dirs(path.parent)
+        log.info("Deleted inbox/%s", name)
         return None
 
     def quarantine(self, path: Path, name: str, reason: str, **details: object) -> str | None:
@@ -201,14 +215,12 @@ def _copy_then_unlink(source: Path, target: Path) -> str | None:
         elif source.is_dir():
             shutil.copytree(source, tmp, symlinks=True)
         else:
-            shutil.copy2(source, tmp, follow_symlinks=False)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            _copy_file(source, tmp)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise
-    atomic.fsync_dir(target.parent)
+    _fsync_dirs(target.parent)
     try:
         shutil.rmtree(source) if source.is_dir() and not source.is_symlink() else os.unlink(source)
     except FileNotFoundError:
@@ -216,3 +228,25 @@ def _copy_then_unlink(source: Path, target: Path) -> str | None:
     except OSError as err:
         return f"{type(err).__name__}: {err.strerror or err}"
     return None
+
+
+def _copy_file(source: Path, tmp: Path) -> None:
+    """Copy bytes and times durably; a source that cannot be read is not a storage fault."""
+    try:
+        reader = open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise SourceUnreadable(err.errno, f"cannot read it to copy it: {err.strerror}", str(source)) from err
+    with reader, open(tmp, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+    shutil.copystat(source, tmp)
+
+
+def _fsync_dirs(*paths: Path) -> None:
+    """Make renames durable; a failure here is logged, never mistaken for a failed rename."""
+    for path in paths:
+        try:
+            atomic.fsync_dir(path)
+        except OSError as err:
+            log.warning("Could not fsync %s: %s", path, err)

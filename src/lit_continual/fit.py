@@ -90,4 +90,7 @@ def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guar
         status.update(current_step=step, total_steps=step)
     else:
         log.info("No checkpoint in %s: starting the run at step 0", models_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    finally:
+        datamodule.feed.close()

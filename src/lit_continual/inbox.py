@@ -4,7 +4,8 @@ Scanning is amortised so that a backlog of 100,000 files costs what 10 do: the l
 cached and re-read only when the directory changed (its mtime; within a moment of a change
 every poll, since coarse timestamps can hide a second change in the same tick), at most once
 per `poll_seconds`, and never more often than keeps scanning under ~2 % of wall time. Our own
-claims update the cache directly. Only the head of the queue is re-stat'ed to judge settling.
+claims update the cache directly. Settling is judged by re-stat'ing the queue from its head up
+to the first settled file.
 
 A file is claimed by an atomic rename into the hidden `inbox/.claimed/` (same filesystem), so
 whatever later appears at the old path is a new delivery by construction; see `claims`.
@@ -78,6 +79,10 @@ class Inbox:
     def count(self) -> int:
         """How many files are waiting, from the cache (never scans: safe under any lock)."""
         return len(self._order)
+
+    def expect_change(self) -> None:
+        """We put a file back into the inbox: list it again at the next look."""
+        self._checked, self._changed = -1e18, time.monotonic()
 
     def forget(self, name: str) -> None:
         """`name` left the inbox through us (claimed or moved): update the cache, no rescan."""
@@ -163,7 +168,3 @@ class Inbox:
         for name in gone:
             self.forget(name)
         return ready
-
-    def settled_signature(self, name: str) -> tuple[int, int, int] | None:
-        seen = self._seen.get(name)
-        return seen.signature() if seen else None

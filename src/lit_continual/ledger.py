@@ -36,6 +36,9 @@ class FileRecord:
     # Where the file was claimed: `.claimed/<claim id>-<name>` under the inbox; None if it was
     # trained where it was delivered (an inbox that refuses renames, or a run from version 0.1).
     claimed_as: str | None = None
+    # What becomes of the claimed file once its end-of-file checkpoint is durable, decided before
+    # that checkpoint so a restart replays it: delete | failed: <reason> | changed | keep.
+    disposal: str | None = None
 
     def same_file(self, other: FileRecord) -> bool:
         """True if `other` is this very claim (or, for in-place claims, the same inode and content)."""
@@ -104,16 +107,24 @@ class Ledger:
         return next((r for r in reversed(candidates) if r.sha256 == sha256 and r.status != "failed"), None)
 
     def find_done_in_place(self, record: FileRecord) -> FileRecord | None:
-        """The done entry trained in place (no claim rename) that is this very file: same name,
-        inode and sha256 (its delete was interrupted or refused), if any. ctime and mtime are not
-        compared: a hard link, chmod or touch must not make a trained file new again."""
+        """The done entry trained in place (an inbox that refuses renames) that is this very
+        file: same name, inode and sha256 (its delete was interrupted or refused), if any. ctime
+        and mtime are not compared: a hard link, chmod or touch must not make it new again."""
         return next((r for r in reversed(self.files_done) if r.status == "done" and r.claimed_as is None
                      and (r.name, r.inode, r.sha256) == (record.name, record.inode, record.sha256)), None)
 
+    def find_legacy_done(self, name: str, inode: int, ctime_ns: int) -> FileRecord | None:
+        """The newest done entry if a version-0.1 process trained it in place and died before
+        deleting it: that version's own rule (name, inode, ctime), checked before any claim."""
+        newest = self.files_done[-1] if self.files_done else None
+        if (newest is not None and newest.status == "done" and newest.claimed_as is None
+                and (newest.name, newest.inode, newest.ctime_ns) == (name, inode, ctime_ns)):
+            return newest
+        return None
+
     def find_claimed(self, claimed_as: str) -> FileRecord | None:
-        """The done entry of the claim `claimed_as` (its delete was interrupted), if any."""
-        return next((r for r in reversed(self.files_done) if r.status == "done" and r.claimed_as == claimed_as),
-                    None)
+        """The finished entry (done, abandoned or failed) of the claim `claimed_as`, if any."""
+        return next((r for r in reversed(self.files_done) if r.claimed_as == claimed_as), None)
 
     def to_dict(self) -> dict:
         return {

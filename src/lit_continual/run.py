@@ -67,7 +67,7 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     guard.start()
     status.start_heartbeat()
     try:
-        from lit_continual.data.feed import DataError
+        from lit_continual.data.prepare import DataError
         from lit_continual.fit import fit
 
         try:

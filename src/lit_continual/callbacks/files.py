@@ -92,6 +92,7 @@ class FileLifecycle(L.Callback):
     def _file_finished(self, trainer: L.Trainer, pl_module: L.LightningModule, meta: dict) -> None:
         step, abandoned = trainer.global_step, meta["abandoned"]
         record = self.dm.ledger.finish(step, status="abandoned" if abandoned else "done")
+        record.disposal = self.dm.feed.decide(meta["handle"], abandoned)  # in the checkpoint: replayed after a kill
         self.guard.idle()
         if not self.save(trainer, pl_module):
             return  # stop requested while the checkpoint kept failing: the file stays claimed
@@ -102,7 +103,7 @@ class FileLifecycle(L.Callback):
             log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, step,
                      record.examples)
         faults.point("before-delete", step)
-        self.dm.feed.finish(meta["handle"], record, abandoned)
+        self.dm.feed.finish(meta["handle"], record)
         self.status.update(current_file=None, total_steps=step, write=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

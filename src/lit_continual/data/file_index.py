@@ -10,6 +10,7 @@ token length).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import zlib
@@ -64,14 +65,16 @@ class FileIndex:
 
     @classmethod
     def scan(cls, fd: int, name: str, spec: RecordSpec, max_line_bytes: int = 64 << 20,
-             judge: Judge | None = None, cancelled: Callable[[], bool] = lambda: False) -> FileIndex:
+             judge: Judge | None = None, cancelled: Callable[[], bool] = lambda: False,
+             limit: int | None = None) -> FileIndex:
         """Read the file behind `fd` once; blank lines are ignored, bad ones counted by number.
 
         Anything that goes wrong with one line (parsing, validation, the `judge` that renders or
         tokenizes it) makes it a bad line with the reason; only reading the file itself can fail
         the pass. A line longer than `max_line_bytes` is skipped without being held in memory.
         `judge` returns the token length (packing) or None. `cancelled` is polled every few
-        thousand lines, so a stop never waits for a 2 GB pass.
+        thousand lines, so a stop never waits for a 2 GB pass. `limit`: read only the first
+        `limit` bytes (a resumed file that its writer appended to after the claim).
         """
         digest = hashlib.sha256()
         offsets, crcs, lengths = array("q"), array("I"), array("i")
@@ -79,6 +82,8 @@ class FileIndex:
         errors: list[dict] = []
         with os.fdopen(os.dup(fd), "rb") as handle:
             handle.seek(0)
+            if limit is not None:
+                handle = io.BufferedReader(_Limited(handle, limit))
             while raw := handle.readline(max_line_bytes + 1):
                 number += 1
                 if number % CANCEL_CHECK_LINES == 0 and cancelled():
@@ -171,3 +176,19 @@ def _skip_rest_of_line(handle, digest) -> int:
         if chunk.endswith(b"\n"):
             break
     return skipped
+
+
+class _Limited(io.RawIOBase):
+    """The first `limit` bytes of a binary file object."""
+
+    def __init__(self, raw, limit: int) -> None:
+        self.raw, self.left = raw, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(min(len(buffer), self.left))
+        self.left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)

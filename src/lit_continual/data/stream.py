@@ -25,9 +25,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_continual.claims import Claims
 from lit_continual.crash_guard import CrashGuard
-from lit_continual.data.feed import FeedRules, InboxFeed, PreparedFile, SingleFileFeed
+from lit_continual.data.feed import InboxFeed
 from lit_continual.data.file_index import FileChanged, FileIndex, Judge
+from lit_continual.data.prepare import FeedRules, PreparedFile
 from lit_continual.data.records import IGNORE, BadLine, Encoder, Example, RecordSpec, collate, collate_packed
+from lit_continual.data.single_file import SingleFileFeed
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
 from lit_continual.status import Status
