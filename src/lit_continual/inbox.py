@@ -110,23 +110,27 @@ class Inbox:
     def _scan(self, now: float) -> None:
         started = time.perf_counter()
         seen: dict[str, Seen] = {}
-        with os.scandir(self.dir) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
-                    continue
-                if not name.endswith(SUFFIX):
-                    self._warn_ignored(name)
-                    continue
-                old = self._seen.get(name)
-                if old is not None and old.inode == entry.inode():
-                    seen[name] = old  # same file: its settle clock keeps running
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                seen[name] = Seen(st.st_ino, st.st_size, st.st_mtime_ns, now)
+        try:
+            with os.scandir(self.dir) as listing:
+                entries = list(listing)
+        except FileNotFoundError:  # removed between the stat and the listing: empty until re-made
+            entries = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+                continue
+            if not name.endswith(SUFFIX):
+                self._warn_ignored(name)
+                continue
+            old = self._seen.get(name)
+            if old is not None and old.inode == entry.inode():
+                seen[name] = old  # same file: its settle clock keeps running
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            seen[name] = Seen(st.st_ino, st.st_size, st.st_mtime_ns, now)
         self._seen = seen
         self._order = sorted(seen, key=lambda n: (seen[n].mtime_ns, n))
         self._scanned = now
@@ -168,3 +172,4 @@ class Inbox:
         for name in gone:
             self.forget(name)
         return ready
+
