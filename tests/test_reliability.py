@@ -192,3 +192,20 @@ def test_every_torch_load_is_weights_only():
         calls += [(path.name, m.group(0)) for m in re.finditer(r"torch\.load\([^)]*\)", text)]
         assert "trust_remote_code=True" not in text
     assert calls and all("weights_only=True" in call for _, call in calls), calls
+
+
+def test_changed_optimizer_settings_are_the_ones_used_after_a_resume(tmp_path: Path):
+    """Restoring optimizer.pt / scheduler.pt must not bring back the old lr, betas or decay."""
+    import torch
+
+    base = tmp_path / "run"
+    first = write_jsonl(tmp_path / "a.jsonl", 16, seed=1)
+    second = write_jsonl(tmp_path / "b.jsonl", 16, seed=2)
+    settings = ("scheduler=constant", "logging.every_n_steps=1", "checkpoint.keep=5")
+    assert train_here(base, *one_file(first, *settings)) == 0
+    assert train_here(base, *one_file(second, *settings, "run.allow_config_change=true", "optim.lr=1e-4",
+                                      "optim.betas=[0.8,0.99]", "optim.weight_decay=0.01")) == 0
+    lrs = {e["step"]: e["learning_rate"] for e in trainer_state(newest(base))["log_history"]}
+    assert lrs == {1: 3e-3, 2: 3e-3, 3: 1e-4, 4: 1e-4}
+    group = torch.load(newest(base) / "optimizer.pt", weights_only=True)["param_groups"][0]
+    assert (tuple(group["betas"]), group["weight_decay"], group["lr"]) == ((0.8, 0.99), 0.01, 1e-4)

@@ -65,6 +65,26 @@ class LoRAModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.scheduler_cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        self._apply_configured_hyperparameters()
+
+    def _apply_configured_hyperparameters(self) -> None:
+        """The configured optim.* values win over the ones a resumed checkpoint restored.
+
+        Restoring an optimizer or LambdaLR state dict also restores its param_groups (lr, betas,
+        eps, weight_decay) and base_lrs, so a restart with `run.allow_config_change=true
+        optim.lr=...` would silently keep training at the old values. The LR is re-derived as
+        optim.lr x schedule(global step); for an unchanged config this is the very same float.
+        """
+        optimizer = self.trainer.optimizers[0]
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        lr, factor = float(self.optim_cfg.lr), lr_factor(self.scheduler_cfg)(scheduler.last_epoch)
+        for group in optimizer.param_groups:
+            group.update(betas=tuple(self.optim_cfg.betas), eps=self.optim_cfg.eps,
+                         weight_decay=self.optim_cfg.weight_decay, initial_lr=lr, lr=lr * factor)
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # PEFT's own key names and filtering: the saved file loads with stock peft.
         checkpoint["state_dict"] = {k: v.detach().cpu().contiguous()
