@@ -8,6 +8,7 @@ and the numbers the status and the log report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -156,6 +157,18 @@ def test_claimed_file_removed_while_training_is_trained_to_its_end(tmp_path: Pat
     assert train_here(base, DRAIN, "data.batch_size=4") == 0
     assert done(base) == [("x.jsonl", "done", 40, 40)]
     assert trainer_state(newest(base))["global_step"] == 10
+
+
+def test_inbox_removed_by_hand_while_training_loses_nothing_claimed(tmp_path: Path, monkeypatch):
+    """An operator's `rm -rf inbox/` mid-run: both files were already claimed and held open."""
+    base = tmp_path / "run"
+    now = time.time()
+    write_jsonl(base / "inbox" / "a.jsonl", 40, seed=1, mtime=now - 20)
+    write_jsonl(base / "inbox" / "b.jsonl", 16, seed=2, mtime=now - 10)
+    _during_training(monkeypatch, lambda: shutil.rmtree(base / "inbox"))
+    assert train_here(base, DRAIN, "data.batch_size=4") == 0
+    assert done(base) == [("a.jsonl", "done", 40, 40), ("b.jsonl", "done", 16, 16)]
+    assert trainer_state(newest(base))["global_step"] == 10 + 4
 
 
 def test_claimed_file_truncated_in_place_is_abandoned_not_trained_and_its_rest_is_new(tmp_path: Path, monkeypatch):
@@ -400,8 +413,6 @@ def test_abandoned_file_records_the_last_step_it_trained(tmp_path: Path, monkeyp
 # -- class 12: a base dir written by version 0.1 resumes exactly ----------------------------
 
 def test_base_dir_from_version_0_1_resumes_exactly(tmp_path: Path):
-    from safetensors.torch import load_file  # noqa: F401 - the adapter must load
-
     fixture = REPO / "tests" / "fixtures" / "base_dir_v0_1"
     expected = json.loads((fixture / "expected.json").read_text())
     base = tmp_path / "run"
@@ -415,8 +426,6 @@ def test_base_dir_from_version_0_1_resumes_exactly(tmp_path: Path):
     assert state["log_history"] == expected["log_history"]
     assert [[r["name"], r["first_step"], r["last_step"], r["examples_trained"]]
             for r in ledger(base)["files_done"]] == expected["files_done"]
-    import hashlib
-
     assert hashlib.sha256((newest(base) / "adapter_model.safetensors").read_bytes()).hexdigest() == \
         expected["adapter_sha256"]
     assert not list((base / "failed").iterdir())

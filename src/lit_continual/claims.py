@@ -49,10 +49,11 @@ class Claim:
     stat: os.stat_result = field(repr=False)  # fstat when claimed: identity and the baseline
     claimed_as: str | None = None  # the path relative to inbox/ (None for an in-place claim)
 
-    def modified(self) -> bool:
-        """True if the held file's size or mtime changed since it was claimed (the writer went on)."""
+    def modified(self, indexed_size: int) -> bool:
+        """True if the held file is not what was indexed: other size than the bytes indexed, or
+        its mtime moved since the claim (the writer went on)."""
         now = os.fstat(self.fd)
-        return (now.st_size, now.st_mtime_ns) != (self.stat.st_size, self.stat.st_mtime_ns)
+        return (now.st_size, now.st_mtime_ns) != (indexed_size, self.stat.st_mtime_ns)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -183,7 +183,7 @@ class InboxFeed:
             log.info("inbox/%s has the same content as %s (file #%d): training it again as a new file",
                      claim.name, twin.name, twin.ordinal)
         self._next_ordinal += 1
-        return self._live(PreparedFile(claim, index, record, delete_when_done=True))
+        return self._live(PreparedFile(claim, index, record))
 
     def _live(self, prepared: PreparedFile) -> PreparedFile:
         prepared.handle = next(self._handles)
@@ -256,7 +256,7 @@ class InboxFeed:
             ledger.finish(step=self._step(), status="failed").disposal = f"{FAILED}crashed the process"
             return None
         current.claimed_as = claim.claimed_as  # a file from a 0.1 base dir is claimed now
-        return self._live(PreparedFile(claim, index, current, delete_when_done=True))
+        return self._live(PreparedFile(claim, index, current))
 
     def _current_claim(self, current: FileRecord) -> Claim | None:
         """The unfinished file: its `.claimed/` entry, or (a base dir from 0.1, or an inbox that
@@ -285,7 +285,7 @@ class InboxFeed:
             return CHANGED
         if abandoned is not None:
             return f"{FAILED}could not be read while training: {abandoned}"
-        if prepared.claim.modified() or os.fstat(prepared.claim.fd).st_size != prepared.index.size:
+        if prepared.claim.modified(prepared.index.size):
             return MODIFIED
         return DELETE
 

@@ -28,7 +28,6 @@ class PreparedFile:
     claim: Claim
     index: FileIndex
     record: FileRecord
-    delete_when_done: bool
     handle: int = 0  # how batches refer to it (batch contents are deep-copied by Lightning)
 
 

@@ -38,13 +38,13 @@ class SingleFileFeed:
         current = ledger.current
         if current is not None:
             if current.name == self.path.name and current.sha256 == index.sha256:
-                return self._live(PreparedFile(claim, index, current, delete_when_done=False))
+                return self._live(PreparedFile(claim, index, current))
             raise DataError(
                 f"the run has an unfinished file {current.name} ({current.examples_trained}/"
                 f"{current.examples} examples trained): finish it first with data.path=<that file>")
         record = file_record(claim, index, ledger.files_started + 1, self.rules.seed)
         record.claimed_as = None
-        return self._live(PreparedFile(claim, index, record, delete_when_done=False))
+        return self._live(PreparedFile(claim, index, record))
 
     def _live(self, prepared: PreparedFile) -> PreparedFile:
         prepared.handle = 1
