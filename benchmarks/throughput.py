@@ -64,17 +64,18 @@ def prebuilt_batches(cfg, data: Path, base: Path, count: int):
 
     import numpy as np
 
+    from lit_continual import components
+    from lit_continual.context import RunContext
     from lit_continual.crash_guard import CrashGuard
     from lit_continual.data.file_index import FileIndex
     from lit_continual.data.prepare import shuffle_seed
     from lit_continual.data.stream import ContinualDataModule
-    from lit_continual.models import load_base
     from lit_continual.status import Status
     from lit_continual.stop import StopRequest
 
-    _, tokenizer, _ = load_base(cfg, base)
-    dm = ContinualDataModule(cfg, tokenizer, base, StopRequest(base / ".stop"), Status(base),
-                             CrashGuard(base, 3))
+    tokenizer = components.model(cfg, base).tokenizer
+    dm = ContinualDataModule(cfg, tokenizer, RunContext(base, StopRequest(base / ".stop"), Status(base),
+                                                        CrashGuard(base, 3)))
     index = FileIndex.scan(os.open(data, os.O_RDONLY), data.name, dm.spec)
     order = np.random.default_rng(shuffle_seed(cfg.seed, 1)).permutation(index.examples)
     bounds = np.arange(index.examples + 1)
@@ -88,11 +89,11 @@ def prebuilt_batches(cfg, data: Path, base: Path, count: int):
 def fresh_model(cfg, base: Path):
     import torch
 
-    from lit_continual.models import apply_lora, load_base
+    from lit_continual import components
+    from lit_continual.models.lora import apply_lora
 
     torch.manual_seed(cfg.seed)
-    model, _, _ = load_base(cfg, base)
-    return apply_lora(model, cfg.lora, cfg.seed)
+    return apply_lora(components.model(cfg, base).model, cfg.lora, cfg.seed)
 
 
 def hand_loop(cfg, base: Path, batches) -> float:
@@ -100,14 +101,14 @@ def hand_loop(cfg, base: Path, batches) -> float:
     dropout, clipping, fused AdamW and schedule. A mean, like the daemon's figure from its log."""
     import torch
 
+    from lit_continual import components
     from lit_continual.module import causal_lm_loss
-    from lit_continual.schedule import lr_factor
 
     torch.set_num_threads(cfg.trainer.num_threads)
     model = fresh_model(cfg, base).train()  # LoRA dropout on, as in the daemon
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.scheduler))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, components.schedule(cfg))
     times = []
     for batch in batches:
         started = time.perf_counter()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lit_continual.safe_load import load_tensors
 from tests.conftest import checkpoints, log_text, newest, run_daemon, status, trainer_state, write_jsonl
 
 BAD_LINES = {5: "{not json", 300: "[1, 2, 3]", 600: '{"text": ""}', 900: '{"title": "no text"}'}
@@ -82,11 +83,11 @@ def test_optimizer_and_scheduler_continue_across_files(run):
     base, _ = run
     for ckpt in checkpoints(base):
         step = int(ckpt.name.split("-")[1])
-        optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        scheduler = torch.load(ckpt / "scheduler.pt", weights_only=True)
+        optimizer = load_tensors(ckpt / "optimizer.pt")
+        scheduler = load_tensors(ckpt / "scheduler.pt")
         assert {int(s["step"]) for s in optimizer["state"].values()} == {step}
         assert scheduler["last_epoch"] == step
-        torch.load(ckpt / "run_state.pt", weights_only=True)
+        load_tensors(ckpt / "run_state.pt")
 
 
 def test_log_history_grows_across_files_and_model_learns(run):

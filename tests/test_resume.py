@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lit_continual.safe_load import load_tensors
 from tests.conftest import (
     EXACT,
     EXACT_LINES,
@@ -91,9 +92,9 @@ def test_restart_logs_resume_and_keeps_optimizer_and_scheduler_in_step(interrupt
     resumed = [line for line in text.splitlines() if "Resuming from checkpoint: checkpoint-" in line]
     assert len(resumed) >= 4
     ckpt = newest(base)
-    optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer = load_tensors(ckpt / "optimizer.pt")
     assert {int(s["step"]) for s in optimizer["state"].values()} == {400}
-    assert torch.load(ckpt / "scheduler.pt", weights_only=True)["last_epoch"] == 400
+    assert load_tensors(ckpt / "scheduler.pt")["last_epoch"] == 400
 
 
 def test_tensorboard_is_one_curve_across_restarts(interrupted):

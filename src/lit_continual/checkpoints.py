@@ -25,6 +25,7 @@ from peft import PeftConfig
 from safetensors.torch import load_file, save_file
 
 from lit_continual import atomic, faults
+from lit_continual.safe_load import load_tensors
 from lit_continual.storage import StorageFault
 
 log = logging.getLogger("lit_continual")
@@ -167,10 +168,10 @@ class DirectoryCheckpointIO(CheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         src = Path(path)
-        ckpt = torch.load(src / RUN_STATE, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(src / RUN_STATE)
         ckpt["state_dict"] = load_file(src / ADAPTER)
-        ckpt["optimizer_states"] = [torch.load(src / OPTIMIZER, map_location="cpu", weights_only=True)]
-        ckpt["lr_schedulers"] = [torch.load(src / SCHEDULER, map_location="cpu", weights_only=True)]
+        ckpt["optimizer_states"] = [load_tensors(src / OPTIMIZER)]
+        ckpt["lr_schedulers"] = [load_tensors(src / SCHEDULER)]
         ckpt[LEDGER_KEY] = json.loads((src / LEDGER).read_text())
         ckpt["run_config"] = json.loads((src / RUN_CONFIG).read_text())
         state = json.loads((src / TRAINER_STATE).read_text())

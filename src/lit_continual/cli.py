@@ -6,18 +6,29 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose
+from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose, prepare
+from lit_continual.config.compose import groups
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from lit_continual.run import train
 
-    try:
-        cfg = compose([f"base_dir={Path(args.base_dir).resolve()}", *args.overrides])
-    except ConfigError as err:
-        print(f"lit-continual: configuration error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    cfg = compose([f"base_dir={Path(args.base_dir).resolve()}", *args.overrides])
+    if args.cfg:  # like Hydra's --cfg job: the resolved, checked config; nothing runs
+        print(OmegaConf.to_yaml(prepare(cfg), resolve=True), end="")
+        return 0
     return train(cfg)
+
+
+def _groups_help() -> str:
+    lines = ["config groups (choose one with GROUP=OPTION, e.g. logger=csv; several: logger=[tensorboard,csv]):"]
+    for group, options in groups().items():
+        lines.append(f"  {group + ':':<12} {', '.join(options)}")
+    lines.append("any key: GROUP.KEY=VALUE (e.g. optim.lr=1e-3, trainer.deterministic=true); "
+                 "print the result: daemon --base-dir DIR --cfg [overrides]")
+    return "\n".join(lines)
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -40,8 +51,10 @@ def _report(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lit-continual", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
-    daemon = sub.add_parser("daemon", help="watch DIR/inbox and train on every file that lands")
+    daemon = sub.add_parser("daemon", help="watch DIR/inbox and train on every file that lands",
+                            epilog=_groups_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     daemon.add_argument("--base-dir", required=True, help="the run's directory")
+    daemon.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
     daemon.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optim.lr=1e-3")
     daemon.set_defaults(func=_daemon)
     sample = sub.add_parser("sample-data", help="write generated English-like JSONL files")

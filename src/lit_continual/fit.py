@@ -1,6 +1,8 @@
-"""The heavy part of a run: build model, data, callbacks and Trainer, then one `fit()`.
+"""The heavy part of a run: build model, data, callbacks, loggers and Trainer, then one `fit()`.
 
 Imported only after the status file says `starting`, because torch/Lightning take seconds.
+Every component comes from its config group (components.py); the core callbacks that carry
+the run's guarantees are always present, user callbacks come after them.
 """
 
 from __future__ import annotations
@@ -9,24 +11,29 @@ import json
 import logging
 import sys
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lit_continual import checkpoints
-from lit_continual.callbacks import FileLifecycle, FileProgressBar, LossHistory, NonFiniteGuard, RngState
-from lit_continual.callbacks.files import SavePolicy
+from lit_continual import checkpoints, components
+from lit_continual.callbacks import (
+    Checkpointer,
+    FileLifecycle,
+    FileProgressBar,
+    LoggerRuns,
+    LossHistory,
+    NonFiniteGuard,
+    RngState,
+    StopSignals,
+)
 from lit_continual.checkpoints import DirectoryCheckpointIO
 from lit_continual.config import check_unchanged
-from lit_continual.crash_guard import CrashGuard
+from lit_continual.context import RunContext
 from lit_continual.data.stream import ContinualDataModule
-from lit_continual.models import apply_lora, load_base
+from lit_continual.models.lora import apply_lora
 from lit_continual.module import LoRAModule
-from lit_continual.status import Status
-from lit_continual.stop import StopRequest
+from lit_continual.storage import Backoff
 
 log = logging.getLogger("lit_continual")
 
@@ -37,60 +44,58 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is depre
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def _precision(cfg: DictConfig) -> str:
-    if cfg.trainer.precision:
-        return str(cfg.trainer.precision)
-    return "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "32-true"
-
-
-def fit(cfg: DictConfig, base_dir: Path, stop: StopRequest, status: Status, guard: CrashGuard) -> None:
+def fit(cfg: DictConfig, ctx: RunContext) -> None:
     """Train until the stream ends (stop request, drained inbox or the single file done)."""
+    components.check(cfg)  # every open node against its target, before the model loads
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
-    models_dir = base_dir / "current_model"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints.remove_leftovers(models_dir)
-    resume = checkpoints.newest_valid(models_dir)
+    ctx.models_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints.remove_leftovers(ctx.models_dir)
+    resume = checkpoints.newest_valid(ctx.models_dir)
     if resume is not None:
         check_unchanged(json.loads((resume / checkpoints.RUN_CONFIG).read_text()), cfg)
 
-    base, tokenizer, base_path = load_base(cfg, base_dir)
-    model = apply_lora(base, cfg.lora, cfg.seed)
+    # Loggers and user callbacks first: a constructor that refuses its arguments (or a missing
+    # optional package) is a configuration error before the model loads.
+    loggers = components.loggers(cfg, checkpoints.step_of(resume) if resume else 0)
+    user_callbacks = components.user_callbacks(cfg)
+    loaded = components.model(cfg, ctx.base_dir)
+    model = apply_lora(loaded.model, cfg.lora, cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("Model %s from %s: %d trainable of %d parameters", cfg.model.name, base_path,
+    log.info("Model %s from %s: %d trainable of %d parameters", cfg.model.name, loaded.path,
              trainable, sum(p.numel() for p in model.parameters()))
-    module = LoRAModule(model, cfg.optim, cfg.scheduler, OmegaConf.to_container(cfg, resolve=True))
-    datamodule = ContinualDataModule(cfg, tokenizer, base_dir, stop, status, guard)
-    status.queue_size = datamodule.feed.queue_size  # from caches: never scans under the status lock
+    optimizer, hyperparameters = components.optimizer(cfg)
+    module = LoRAModule(model, optimizer, hyperparameters, components.schedule(cfg),
+                        OmegaConf.to_container(cfg, resolve=True))
+    datamodule = ContinualDataModule(cfg, loaded.tokenizer, ctx)
+    ctx.status.queue_size = datamodule.feed.queue_size  # from caches: never scans under the status lock
 
-    policy = SavePolicy(cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, cfg.checkpoint.min_free_mb,
-                        cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
-    # Order matters: the loss entry of step N is logged before checkpoint N is written.
-    callbacks = [RngState(), NonFiniteGuard(cfg.daemon.max_nonfinite),
-                 LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, status),
-                 FileLifecycle(datamodule, models_dir, policy, stop, status, guard)]
-    if cfg.logging.progress_bar and sys.stderr.isatty():
-        callbacks.append(FileProgressBar(status))
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, precision=_precision(cfg),
-        max_epochs=-1, max_steps=-1, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
-        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=callbacks,
-        # purge_step: events a killed process logged after the checkpoint we resume from are
-        # dropped, so TensorBoard never shows a doubled curve.
-        logger=TensorBoardLogger(save_dir=str(base_dir), name="tensorboard", version="", default_hp_metric=False,
-                                 flush_secs=5, purge_step=(checkpoints.step_of(resume) if resume else 0) + 1),
-        plugins=[DirectoryCheckpointIO(model.peft_config["default"], base_path)],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        log_every_n_steps=cfg.logging.every_n_steps, num_sanity_val_steps=0,
-        limit_val_batches=0, use_distributed_sampler=False,
-    )
+    callbacks = _core_callbacks(cfg, ctx, datamodule, loggers) + user_callbacks
+    checkpoint_io = DirectoryCheckpointIO(model.peft_config["default"], loaded.path)
+    trainer = components.trainer(cfg, callbacks, list(loggers.values()), [checkpoint_io])
     if resume is not None:
         log.info("Resuming from checkpoint: %s", resume.name)
         step = checkpoints.step_of(resume)
-        status.update(current_step=step, total_steps=step)
+        ctx.status.update(current_step=step, total_steps=step)
     else:
-        log.info("No checkpoint in %s: starting the run at step 0", models_dir)
+        log.info("No checkpoint in %s: starting the run at step 0", ctx.models_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     finally:
         datamodule.feed.close()
+
+
+def _core_callbacks(cfg: DictConfig, ctx: RunContext, datamodule: ContinualDataModule, loggers: dict) -> list:
+    """The callbacks that carry the run's guarantees; config can tune but never remove them."""
+    nonfinite = NonFiniteGuard(cfg.daemon.max_nonfinite)
+    saving = cfg.callbacks.model_checkpoint
+    # Order matters: the loss entry of step N is logged before checkpoint N is written, and
+    # Lightning runs the checkpointer (a ModelCheckpoint) after all the others.
+    core = [StopSignals(ctx.stop), RngState(), nonfinite,
+            LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, ctx.status, nonfinite),
+            FileLifecycle(datamodule, ctx), LoggerRuns(loggers),
+            Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb,
+                         Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds))]
+    if cfg.logging.progress_bar and sys.stderr.isatty():
+        core.append(FileProgressBar(ctx.status))
+    return core

@@ -1,17 +1,18 @@
-"""The LightningModule: a PEFT LoRA model, AdamW, and an LR that is a function of the step."""
+"""The LightningModule: a PEFT LoRA model, the configured optimizer, and an LR that is a
+function of the step."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
+from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.records import IGNORE
-from lit_continual.schedule import lr_factor
 
 log = logging.getLogger("lit_continual")
 
@@ -31,16 +32,17 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class LoRAModule(L.LightningModule):
     """Trains only the adapter; checkpoints hold only the adapter (never the frozen base)."""
 
-    def __init__(self, model: PeftModel, optim: DictConfig, scheduler: DictConfig, run_config: dict) -> None:
+    def __init__(self, model: PeftModel, optimizer: Callable[..., torch.optim.Optimizer], hyperparameters: dict,
+                 schedule: Callable[[int], float], run_config: dict) -> None:
+        """`optimizer(params)` builds the configured optimizer; `hyperparameters` are its
+        configured keywords (re-applied after a resume); `schedule(step)` multiplies the LR."""
         super().__init__()
         self.model = model
         self.run_config = run_config  # resolved config, stored in every checkpoint
-        self.optim_cfg = optim
-        self.scheduler_cfg = scheduler
+        self.optimizer_factory, self.hyperparameters, self.schedule = optimizer, hyperparameters, schedule
         # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
         self.strict_loading = False
         self.window_loss = torch.zeros(())  # mean loss of the accumulation window in progress
-        self.step_skipped = False  # set by NonFiniteGuard when this window's update is dropped
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Packed batches carry position_ids and no attention_mask: transformers then builds a
@@ -48,7 +50,10 @@ class LoRAModule(L.LightningModule):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         logits = self.model(**inputs, use_cache=False).logits
         loss = causal_lm_loss(logits, batch["labels"])
-        accumulate, real = self.trainer.accumulate_grad_batches, batch["meta"]["window_parts"]
+        info: BatchInfo = batch[INFO]
+        accumulate, real = self.trainer.accumulate_grad_batches, info.window_parts
+        if info.window_start:
+            self.window_loss = torch.zeros(())
         if 0 < real < accumulate:
             # A file's last window has zero-weight fillers: weight the real micro-batches so the
             # step's gradient and logged loss are their mean (Lightning divides by `accumulate`).
@@ -58,11 +63,10 @@ class LoRAModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # Fused AdamW (one kernel for all adapter tensors) where torch has it, as HF Trainer does.
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        optimizer = torch.optim.AdamW(params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas),
-                                      eps=self.optim_cfg.eps, weight_decay=self.optim_cfg.weight_decay, fused=fused)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.scheduler_cfg))
+        optimizer = self.optimizer_factory(params)
+        schedule = self.schedule
+        # A plain function (not the partial itself): LambdaLR then saves no lambda state.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -72,16 +76,19 @@ class LoRAModule(L.LightningModule):
         """The configured optim.* values win over the ones a resumed checkpoint restored.
 
         Restoring an optimizer or LambdaLR state dict also restores its param_groups (lr, betas,
-        eps, weight_decay) and base_lrs, so a restart with `run.allow_config_change=true
-        optim.lr=...` would silently keep training at the old values. The LR is re-derived as
-        optim.lr x schedule(global step); for an unchanged config this is the very same float.
+        eps, weight_decay, momentum, ...) and base_lrs, so a restart with
+        `run.allow_config_change=true optim.lr=...` would silently keep training at the old
+        values. The LR is re-derived as optim.lr x schedule(global step); for an unchanged config
+        this is the very same float.
         """
         optimizer = self.trainer.optimizers[0]
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        lr, factor = float(self.optim_cfg.lr), lr_factor(self.scheduler_cfg)(scheduler.last_epoch)
+        lr, factor = float(self.hyperparameters["lr"]), self.schedule(scheduler.last_epoch)
         for group in optimizer.param_groups:
-            group.update(betas=tuple(self.optim_cfg.betas), eps=self.optim_cfg.eps,
-                         weight_decay=self.optim_cfg.weight_decay, initial_lr=lr, lr=lr * factor)
+            for name, value in self.hyperparameters.items():
+                if name in group and name != "lr":
+                    group[name] = tuple(value) if isinstance(group[name], tuple) else value
+            group.update(initial_lr=lr, lr=lr * factor)
         scheduler.base_lrs = [lr] * len(optimizer.param_groups)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 

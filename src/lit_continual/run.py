@@ -1,6 +1,7 @@
 """`train(cfg)`: the one library function behind `lit-continual daemon` and `train.py`.
 
-Everything before `fit` is cheap (no torch import): the base-dir layout, the log, the status
+Everything before `fit` is cheap (no torch import): the config is checked first (nothing is
+written under DIR for an invalid one), then the lock, the base-dir layout, the log, the status
 file and the stop check happen within a second of process start.
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lit_continual import logs
-from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, validate
+from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, prepare
+from lit_continual.context import RunContext
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.lock import EXIT_LOCKED, BaseDirLocked, RunLock
 from lit_continual.status import Status
@@ -27,8 +29,11 @@ log = logging.getLogger("lit_continual")
 
 def train(cfg: DictConfig) -> int:
     """Run (or continue) the continual run in cfg.base_dir; return the process exit code."""
-    if cfg.base_dir is None:
-        raise ConfigError("base_dir must be set")
+    try:
+        cfg = prepare(cfg)  # before anything is written: a bad config leaves DIR untouched
+    except ConfigError as err:
+        print(f"lit-continual: configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     base_dir = Path(cfg.base_dir).expanduser().resolve()
     lock = RunLock(base_dir)
     try:
@@ -55,12 +60,6 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
         status.update(status="stopped", write=True)
         return EXIT_OK
     status.update(status="starting", write=True)
-    try:
-        validate(cfg)
-    except ConfigError as err:
-        log.error("Configuration error: %s", err)
-        status.update(status="error", error=f"configuration error: {err}", write=True)
-        return EXIT_CONFIG_ERROR
     log.info("Config: %s", _summary(cfg))
     stop.watch(cfg.daemon.poll_seconds)
     guard = CrashGuard(base_dir, cfg.daemon.max_crashes)
@@ -71,8 +70,12 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
         from lit_continual.fit import fit
 
         try:
-            fit(cfg, base_dir, stop, status, guard)
-        except (DataError, ConfigError) as err:
+            fit(cfg, RunContext(base_dir, stop, status, guard))
+        except ConfigError as err:  # an open node its target refuses, or a changed run-defining key
+            log.error("Configuration error: %s", err)
+            status.update(status="error", error=f"configuration error: {err}", write=True)
+            return EXIT_CONFIG_ERROR
+        except DataError as err:
             log.error("%s", err)
             status.update(status="error", error=str(err), write=True)
             return EXIT_CONFIG_ERROR
@@ -93,12 +96,13 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
 def _summary(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
     keys = ("model.name", "data.source", "data.batch_size", "data.max_length",
-            "trainer.accumulate_grad_batches", "optim.lr", "scheduler.name", "scheduler.warmup_steps",
-            "lora.r", "lora.alpha", "checkpoint.every_n_steps", "checkpoint.keep", "seed")
+            "trainer.accumulate_grad_batches", "optim._target_", "optim.lr", "scheduler._target_",
+            "scheduler.warmup_steps", "lora.r", "lora.alpha", "callbacks.model_checkpoint.every_n_train_steps",
+            "callbacks.model_checkpoint.save_top_k", "logger", "seed")
     return " ".join(f"{k}={_get(c, k)}" for k in keys)
 
 
 def _get(container: dict, dotted: str) -> object:
     for part in dotted.split("."):
         container = container.get(part) if isinstance(container, dict) else None
-    return container
+    return ",".join(container) if isinstance(container, dict) else container

@@ -1,15 +1,18 @@
-"""Learning-rate schedules: pure functions of the global step (nanoGPT style), no hidden state."""
+"""Learning-rate schedules: pure functions of the global step (nanoGPT style), no hidden state.
+
+Each is a `scheduler._target_`: called with the number of completed optimizer steps, it
+returns the multiplier of optim.lr for the next step. Its other keywords are the
+scheduler.* keys of its preset.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
-from omegaconf import DictConfig
+def warmup_constant(step: int, warmup_steps: int = 0) -> float:
+    """Linear warmup from 0 to 1 over `warmup_steps`, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def lr_factor(cfg: DictConfig) -> Callable[[int], float]:
-    """Multiplier of optim.lr for the optimizer step that follows `step` completed steps."""
-    warmup = int(cfg.warmup_steps)
-    if cfg.name in ("warmup_constant", "constant"):
-        return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    raise ValueError(f"scheduler.name={cfg.name!r}: unknown schedule (warmup_constant, constant)")
+def constant(step: int, warmup_steps: int = 0) -> float:
+    """1 from the first step (`warmup_steps` is accepted for configs that name it)."""
+    return warmup_constant(step, warmup_steps)

@@ -12,6 +12,8 @@ import time
 import lightning as L
 import torch
 
+from lit_continual.callbacks.nonfinite import NonFiniteGuard
+from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.status import Status
 
 log = logging.getLogger("lit_continual")
@@ -20,8 +22,9 @@ log = logging.getLogger("lit_continual")
 class LossHistory(L.Callback):
     """Owns the loss curve; its state (history + the partial window) is in every checkpoint."""
 
-    def __init__(self, every_n_steps: int, max_entries: int, status: Status) -> None:
+    def __init__(self, every_n_steps: int, max_entries: int, status: Status, nonfinite: NonFiniteGuard) -> None:
         self.every_n_steps = every_n_steps
+        self.nonfinite = nonfinite  # says whether this step's update was skipped
         self.max_entries = max_entries
         self.status = status
         self.log_history: list[dict] = []
@@ -34,17 +37,21 @@ class LossHistory(L.Callback):
         self._clock = time.monotonic()
         self._clock_steps = 0
 
+    @property
+    def state_key(self) -> str:
+        return "LossHistory"  # also the key checkpoints.py splits into trainer_state.json
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._lr = optimizer.param_groups[0]["lr"]  # the LR this step actually uses
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += batch["meta"]["tokens"]
-        if not batch["meta"]["window_end"]:
+        info: BatchInfo = batch[INFO]
+        self._tokens += info.tokens
+        if not info.window_end:
             return
-        if not pl_module.step_skipped:
+        if not self.nonfinite.step_skipped:
             self._loss_sum = self._loss_sum.to(pl_module.window_loss.device) + pl_module.window_loss
             self._steps += 1
-        pl_module.window_loss.zero_()
         self._clock_steps += 1
         if trainer.global_step % self.every_n_steps == 0:
             self._append(trainer, pl_module)
@@ -61,9 +68,9 @@ class LossHistory(L.Callback):
         elapsed = max(time.monotonic() - self._clock, 1e-9)
         tokens_per_s, steps_per_s = self._tokens / elapsed, self._clock_steps / elapsed
         self._tokens, self._clock_steps, self._clock = 0, 0, time.monotonic()
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"train/loss": loss, "train/learning_rate": self._lr,
-                                        "train/tokens_per_second": tokens_per_s}, step=step)
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/loss": loss, "train/learning_rate": self._lr,
+                                "train/tokens_per_second": tokens_per_s}, step=step)
         self.status.update(loss=entry["loss"], learning_rate=self._lr,
                            tokens_per_second=round(tokens_per_s, 1))
         fields = self.status.fields

@@ -27,12 +27,17 @@ class NonFiniteGuard(L.Callback):
         self.max_consecutive = max_consecutive
         self.consecutive = 0
         self.skipped_total = 0
+        self.step_skipped = False  # whether the update of the step in progress was dropped
+
+    @property
+    def state_key(self) -> str:
+        return "NonFiniteGuard"
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         checks = [torch.isfinite(pl_module.window_loss).all()] + [torch.isfinite(g).all() for g in grads]
         finite = bool(torch.stack(checks).all())  # one host sync per optimizer step
-        pl_module.step_skipped = not finite
+        self.step_skipped = not finite
         if finite:
             self.consecutive = 0
             return

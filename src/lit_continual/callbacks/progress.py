@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lit_continual.data.batch import INFO
 from lit_continual.status import Status
 
 
@@ -22,16 +23,16 @@ class FileProgressBar(L.Callback):
         self.progress.start()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch["meta"]["first_of_file"]:
-            meta = batch["meta"]
-            total = meta["file_steps_total"]
+        info = batch[INFO]
+        if info.first_of_file:
+            total = info.file_steps_total
             if self.task is not None:
                 self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(meta["file"].name, total=total, loss="-", tps="-",
-                                               completed=total - meta["file_steps_left"])
+            self.task = self.progress.add_task(info.file.name, total=total, loss="-", tps="-",
+                                               completed=total - info.file_steps_left)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.task is not None and batch["meta"]["window_end"]:
+        if self.task is not None and batch[INFO].window_end:
             fields = self.status.fields
             self.progress.update(self.task, advance=1, loss=fields["loss"] or "-",
                                  tps=fields["tokens_per_second"] or "-")

@@ -42,6 +42,10 @@ class RngState(L.Callback):
     def __init__(self) -> None:
         self._loaded: dict | None = None
 
+    @property
+    def state_key(self) -> str:
+        return "RngState"
+
     def state_dict(self) -> dict:
         return capture()
 

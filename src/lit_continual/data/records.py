@@ -21,7 +21,6 @@ IGNORE = -100
 # Text beyond max_length * this many characters cannot survive truncation (no tokenizer we
 # know makes tokens that long), so it is cut before tokenizing: a 64 MiB line costs no more.
 CHARS_PER_TOKEN_BOUND = 64
-FORMATS = ("auto", "text", "prompt_completion", "messages")
 
 Example = tuple[list[int], list[int]]  # input_ids, labels (IGNORE where no loss)
 

@@ -4,8 +4,8 @@ A file's examples are taken in its seeded permutation and grouped into *units*: 
 each, or with `data.packing=true` runs of consecutive examples packed greedily into
 `max_length` tokens. A micro-batch is `data.batch_size` units, an optimizer step
 `accumulate_grad_batches` micro-batches; a file takes ceil(units / effective batch) steps.
-Each micro-batch carries `meta` (its file, how many examples, window/file ends) so that the
-ledger advances from what was *trained*, not from what the loader prefetched.
+Each micro-batch carries a `BatchInfo` (its file, how many examples, window/file ends) so that
+the ledger advances from what was *trained*, not from what the loader prefetched.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_continual.claims import Claims
-from lit_continual.crash_guard import CrashGuard
+from lit_continual.context import RunContext
+from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.feed import InboxFeed
 from lit_continual.data.file_index import FileChanged, FileIndex, Judge
 from lit_continual.data.prepare import FeedRules, PreparedFile
@@ -32,8 +33,6 @@ from lit_continual.data.records import IGNORE, BadLine, Encoder, Example, Record
 from lit_continual.data.single_file import SingleFileFeed
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
-from lit_continual.status import Status
-from lit_continual.stop import StopRequest
 from lit_continual.storage import Backoff
 
 PACK_WINDOW = 1024
@@ -84,7 +83,6 @@ class FileStream(IterableDataset):
         self.dm = datamodule
 
     def __iter__(self):
-        self.dm.stop.install()
         block = True  # the first file of an epoch may wait; later ones end the epoch if not ready
         while not self.dm.stop.requested:
             prepared = self.dm.feed.next_file(block)
@@ -106,8 +104,8 @@ class FileStream(IterableDataset):
         size, windows = dm.batch_size, dm.accumulate
         units_total = len(bounds) - 1
         unit = first = int(np.searchsorted(bounds, record.examples_trained))
-        steps = {"file_steps_total": math.ceil(units_total / (size * windows)),
-                 "file_steps_left": math.ceil((units_total - first) / (size * windows))}
+        steps_total = math.ceil(units_total / (size * windows))
+        steps_left = math.ceil((units_total - first) / (size * windows))
         abandoned: str | None = None
         while unit < units_total and abandoned is None:
             if dm.stop.requested:
@@ -128,13 +126,11 @@ class FileStream(IterableDataset):
                 examples = int(bounds[hi] - bounds[lo]) if batch is not None else 0
                 batch = batch if batch is not None else dm.make_batch(index, order, bounds[:0])
                 last = j == windows - 1
-                batch["meta"] = {
-                    "file": record, "handle": prepared.handle, "examples": examples,
-                    "tokens": int(batch.pop("real_tokens")), "first_of_file": unit == first and j == 0,
-                    "window_start": j == 0, "window_end": last, "window_parts": real,
-                    "file_end": last and (window_end_unit == units_total or abandoned is not None),
-                    "abandoned": abandoned, **steps,
-                }
+                batch[INFO] = BatchInfo(
+                    file=record, handle=prepared.handle, examples=examples, tokens=int(batch.pop("real_tokens")),
+                    first_of_file=unit == first and j == 0, window_start=j == 0, window_end=last,
+                    window_parts=real, file_end=last and (window_end_unit == units_total or abandoned is not None),
+                    abandoned=abandoned, file_steps_total=steps_total, file_steps_left=steps_left)
                 yield batch
             unit = window_end_unit
         return True
@@ -158,13 +154,16 @@ def index_judge(tokenizer, max_length: int, spec: RecordSpec, packing: bool) -> 
 
 
 class ContinualDataModule(L.LightningDataModule):
-    """Owns the ledger (its state_dict is the data position saved in every checkpoint)."""
+    """Owns the ledger (its state_dict is the data position saved in every checkpoint).
 
-    def __init__(self, cfg: DictConfig, tokenizer, base_dir: Path, stop: StopRequest,
-                 status: Status, guard: CrashGuard) -> None:
+    Lightning stores a DataModule's state under its class `__qualname__` (it has no
+    `state_key`): this class name is part of the checkpoint format (checkpoints.LEDGER_KEY).
+    """
+
+    def __init__(self, cfg: DictConfig, tokenizer, ctx: RunContext) -> None:
         super().__init__()
         self.ledger = Ledger()
-        self.stop = stop
+        self.stop = ctx.stop
         self.batch_size = cfg.data.batch_size
         self.accumulate = cfg.trainer.accumulate_grad_batches
         self.shuffle = bool(cfg.data.shuffle)
@@ -178,12 +177,12 @@ class ContinualDataModule(L.LightningDataModule):
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
                           judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing))
         if cfg.data.source == "file":
-            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules, stop)
+            self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules, ctx.stop)
         else:
-            inbox = Inbox(base_dir, cfg.daemon.settle_seconds, cfg.daemon.poll_seconds)
+            inbox = Inbox(ctx.base_dir, cfg.daemon.settle_seconds, cfg.daemon.poll_seconds)
             backoff = Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
-            self.feed = InboxFeed(inbox, Claims(inbox.dir, base_dir / "failed"), lambda: self.ledger, rules,
-                                  stop, status, guard, lambda: self.trainer.global_step, backoff,
+            self.feed = InboxFeed(inbox, Claims(inbox.dir, ctx.base_dir / "failed"), lambda: self.ledger, rules,
+                                  ctx.stop, ctx.status, ctx.guard, lambda: self.trainer.global_step, backoff,
                                   cfg.daemon.exit_when_idle)
 
     @property
@@ -227,6 +226,13 @@ class ContinualDataModule(L.LightningDataModule):
         # or a run with more idle gaps (epochs) would draw different dropout masks.
         return DataLoader(FileStream(self), batch_size=None, num_workers=0,
                           generator=torch.Generator().manual_seed(0))
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        # The BatchInfo stays as it is (Lightning would try to rebuild the frozen dataclass).
+        tensors = {k: v for k, v in batch.items() if k != INFO}
+        moved = super().transfer_batch_to_device(tensors, device, dataloader_idx)
+        moved[INFO] = batch[INFO]
+        return moved
 
     def state_dict(self) -> dict:
         return self.ledger.to_dict()

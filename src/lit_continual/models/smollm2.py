@@ -12,7 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from lit_continual.config import ConfigError
+from lit_continual.config.errors import ConfigError
+from lit_continual.models import LoadedModel
 
 log = logging.getLogger("lit_continual")
 
@@ -58,3 +59,10 @@ def ensure_converted(cache_dir: Path) -> Path:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(cache_dir)
     return cache_dir
+
+
+def load(base_dir: Path, cache_dir: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+    """`model=smollm2`: convert once into `cache_dir`, then load it like any local model."""
+    from lit_continual.models.hf import load_dir
+
+    return load_dir(ensure_converted(Path(cache_dir).expanduser().resolve()), dtype, trust_remote_code)

@@ -7,11 +7,14 @@ with the same config hold the same model (resume-equivalence tests rely on this)
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lit_continual.models import LoadedModel
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 # Each turn: "<|role|>\n" + content + EOS. add_generation_prompt opens an assistant turn.
@@ -34,7 +37,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(cfg: DictConfig | SimpleNamespace, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     """A random Llama model whose weights depend only on `cfg.seed` and its shape."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -59,7 +62,7 @@ def build_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaFor
     return model
 
 
-def ensure_saved(cfg: DictConfig, directory: Path) -> Path:
+def ensure_saved(cfg: DictConfig | SimpleNamespace, directory: Path) -> Path:
     """Build the tiny base into `directory` once (atomically); later calls reuse it."""
     if (directory / "config.json").is_file():
         return directory
@@ -69,3 +72,17 @@ def ensure_saved(cfg: DictConfig, directory: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(directory)
     return directory
+
+
+def load(base_dir: Path, **shape: object) -> LoadedModel:
+    """`model=tiny`: build the base into DIR/base_model once, then load it like any local model.
+
+    `shape` is the model/tiny.yaml keys (hidden_size, ..., seed)."""
+    from lit_continual.models.hf import load_dir
+
+    directory = (base_dir / "base_model").resolve()
+    ensure_saved(SimpleNamespace(**shape), directory)
+    loaded = load_dir(directory, "float32", trust_remote_code=False)
+    if not loaded.tokenizer.chat_template:
+        loaded.tokenizer.chat_template = CHAT_TEMPLATE  # base dirs built before chat support
+    return loaded

@@ -1,0 +1,138 @@
+"""Compose the Hydra config and make it valid before anything heavy runs (no torch import).
+
+`compose` is what the CLI uses; `train.py` composes through `@hydra.main` and both end in
+`prepare`, which turns old alias keys into their current ones, checks the closed schema and
+the files the config names, and never writes anything.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lit_continual.config import schema
+from lit_continual.config.errors import ConfigError, did_you_mean
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROOT_CONFIG = "train"
+# Built-in schedules by their old `scheduler.name`.
+SCHEDULES = {"warmup_constant": "lit_continual.schedule.warmup_constant",
+             "constant": "lit_continual.schedule.constant"}
+
+
+def groups() -> dict[str, list[str]]:
+    """Each config group and its options (conf/<group>/<option>.yaml)."""
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
+
+
+def open_overrides(overrides: list[str]) -> list[str]:
+    """`a.b=v` becomes `++a.b=v` (add or override), so a Trainer argument or optimizer keyword
+    that no YAML lists yet is accepted by Hydra and judged by our schema, which names the
+    closest known key instead of Hydra's hint to add it with `+`."""
+    opened = []
+    for item in overrides:
+        name = item.split("=", 1)[0]
+        plain = "=" in item and "." in name and not name.startswith(("+", "~", "hydra.", "hydra/"))
+        opened.append(f"++{item}" if plain and "/" not in name else item)
+    return opened
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Build the run config from conf/ plus Hydra overrides, as `train.py` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=ROOT_CONFIG, overrides=open_overrides(list(overrides)))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(str(err))) from err
+
+
+def _explain(message: str) -> str:
+    """Hydra's message, minus its advice to add unknown keys with `+` (they are refused)."""
+    found = re.search(r"Could not override '([^']+)'", message)
+    if found:
+        name = found.group(1)
+        return f"unknown key {name}{did_you_mean(name, _siblings(name))}"
+    return message.split("\nConfig search path")[0].replace("\n\t", " ").replace("\n", " ").strip()
+
+
+def _siblings(name: str) -> list[str]:
+    prefix = name.rpartition(".")[0]
+    keys = schema.known_keys(schema.Root)
+    return [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == prefix]
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """Normalize aliases, check the schema and the paths; ConfigError names the first bad key."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        _apply_aliases(cfg)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # a bad interpolation: ${oc.env:...} without the variable, ...
+        raise ConfigError(f"cannot resolve the config: {err}") from err
+    schema.check(container)
+    _check_consistent(cfg)
+    _check_paths(cfg)
+    return cfg
+
+
+def _apply_aliases(cfg: DictConfig) -> None:
+    """checkpoint.every_n_steps/keep -> callbacks.model_checkpoint.*; scheduler.name -> _target_."""
+    saving = cfg.get("callbacks", {}).get("model_checkpoint")
+    alias = cfg.get("checkpoint", {})
+    if saving is not None:
+        for old, new in (("every_n_steps", "every_n_train_steps"), ("keep", "save_top_k")):
+            value = alias.get(old)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"checkpoint.{old}={value!r}: must be an integer >= 1")
+                saving[new] = value
+    scheduler = cfg.get("scheduler")
+    if scheduler is not None and "name" in scheduler:
+        name = scheduler.pop("name")
+        if name not in SCHEDULES:
+            raise ConfigError(f"scheduler.name={name!r}: unknown schedule; choose scheduler=<one of "
+                              f"{', '.join(groups()['scheduler'])}> or set scheduler._target_")
+        scheduler["_target_"] = SCHEDULES[name]
+        scheduler.setdefault("_partial_", True)
+
+
+def _check_consistent(cfg: DictConfig) -> None:
+    if cfg.data.source == "inbox" and cfg.data.path is not None:
+        raise ConfigError(f"data.path={cfg.data.path!r} is set but data.source=inbox (the daemon trains "
+                          "the inbox and would ignore it): add data=inbox_file to train on that one file")
+    if cfg.data.source == "file" and not cfg.data.path:
+        raise ConfigError("data.path must be set with data=inbox_file (the file to train on)")
+    if cfg.daemon.retry_initial_seconds > cfg.daemon.retry_max_seconds:
+        raise ConfigError(f"daemon.retry_initial_seconds={cfg.daemon.retry_initial_seconds}: must be <= "
+                          f"daemon.retry_max_seconds ({cfg.daemon.retry_max_seconds})")
+
+
+def _check_paths(cfg: DictConfig) -> None:
+    if cfg.base_dir is None:
+        raise ConfigError("base_dir must be set (--base-dir DIR, or base_dir=DIR with train.py)")
+    base = Path(cfg.base_dir).expanduser()
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"base_dir={cfg.base_dir!r}: is not a directory")
+    if cfg.data.source == "file" and not Path(cfg.data.path).expanduser().is_file():
+        raise ConfigError(f"data.path={cfg.data.path!r}: must name an existing file")
+    target = cfg.model._target_
+    if target == "lit_continual.models.hf.load":
+        path = Path(str(cfg.model.path)).expanduser()
+        if not (path / "config.json").is_file():
+            what = "is not a directory" if not path.is_dir() else "has no config.json"
+            raise ConfigError(f"model.path={cfg.model.path!r}: {what}; it must be a local Hugging Face "
+                              "model directory (hub ids are never downloaded)")
+    if target == "lit_continual.models.smollm2.load":
+        if not (Path(cfg.model.cache_dir).expanduser() / "config.json").is_file():
+            from lit_continual.models.smollm2 import gguf_path
+
+            gguf_path()  # raises ConfigError with the install command

@@ -1,0 +1,75 @@
+"""What may change between two processes of one run: every key is run-defining, adjustable or
+operational. The run's config is stored in each checkpoint (run_config.json)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from lit_continual.config.errors import ConfigError
+
+# Never change within a run: the adapter, the data order or the optimizer state depend on them.
+RUN_DEFINING = ("model", "lora", "seed", "data.batch_size", "data.max_length", "data.shuffle",
+                "data.format", "data.text_field", "data.prompt_field", "data.completion_field",
+                "data.messages_field", "data.max_line_bytes", "data.packing", "trainer.accumulate_grad_batches",
+                "optim._target_", "optim._partial_")
+# Where and how the run is watched, saved and fed: change freely.
+OPERATIONAL = ("base_dir", "run", "daemon", "logging", "checkpoint", "callbacks", "logger",
+               "data.source", "data.path", "data.max_bad_fraction", "trainer.num_threads",
+               "trainer.accelerator", "trainer._target_", "trainer.enable_progress_bar",
+               "trainer.enable_model_summary")
+# Change the numbers of the training itself: accepted with run.allow_config_change=true.
+ADJUSTABLE = ("optim", "scheduler", "trainer")
+
+
+def classify(key: str) -> str | None:
+    """'run-defining', 'operational' or 'adjustable' for a dotted key (None: unclassified)."""
+    for name, keys in (("run-defining", RUN_DEFINING), ("operational", OPERATIONAL), ("adjustable", ADJUSTABLE)):
+        if any(key == k or key.startswith(k + ".") for k in keys):
+            return name
+    return None
+
+
+def migrate(saved: dict) -> dict:
+    """A run config saved by an older version, in today's keys (old runs used AdamW and named
+    their schedule), so that a change of optimizer class or schedule is still caught."""
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    optim, scheduler = saved.get("optim"), saved.get("scheduler")
+    if isinstance(optim, dict) and "_target_" not in optim:
+        optim.update(_target_="torch.optim.AdamW", _partial_=True)
+    if isinstance(scheduler, dict) and "name" in scheduler:
+        scheduler["_target_"] = f"lit_continual.schedule.{scheduler.pop('name')}"
+        scheduler["_partial_"] = True
+    return saved
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def check_unchanged(saved: dict, cfg: DictConfig) -> None:
+    """Refuse a restart whose config differs from the run's (stored in its checkpoint).
+
+    Keys present on only one side are ignored (a newer version may add keys with the old
+    behaviour as default), except run-defining targets, which an old config implies.
+    """
+    old, new = _flatten(migrate(saved)), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    fixed = [k for k in changed if classify(k) == "run-defining"]
+    adjustable = [k for k in changed if classify(k) == "adjustable"]
+
+    def describe(keys: list[str]) -> str:
+        return ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in keys)
+
+    if fixed:
+        raise ConfigError(f"the run in {cfg.base_dir} was started with other values for keys that define "
+                          f"it: {describe(fixed)}. Start a new base dir to change them.")
+    if adjustable and not cfg.run.allow_config_change:
+        raise ConfigError(f"the run in {cfg.base_dir} was trained with other values: {describe(adjustable)}. "
+                          "Set run.allow_config_change=true to accept them.")

@@ -1,0 +1,304 @@
+"""The closed schema of our keys: a type and bounds for each, checked before torch is imported.
+
+Each group is a dataclass whose fields are the group's keys (the values live in conf/*.yaml,
+the one source of defaults). Open groups (`OPEN = True`) also take keys of their own
+`_target_`, which are checked against its signature once it is imported (lit_continual/components.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lit_continual.config.errors import ConfigError, did_you_mean
+
+DTYPES = ("float32", "bfloat16", "float16")
+FORMATS = ("auto", "text", "prompt_completion", "messages")
+# Trainer arguments the daemon sets itself (components.trainer passes them at call time).
+TRAINER_OWNED = ("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "barebones",
+                 "enable_checkpointing", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+                 "limit_predict_batches", "val_check_interval", "check_val_every_n_epoch",
+                 "num_sanity_val_steps", "use_distributed_sampler", "plugins", "logger", "callbacks",
+                 "default_root_dir", "log_every_n_steps", "reload_dataloaders_every_n_epochs",
+                 "fast_dev_run", "overfit_batches", "strategy", "devices", "num_nodes")
+
+
+def key(check: typing.Callable[[Any], str | None] | None = None, *, optional: bool = False) -> Any:
+    """A config key: `check` returns what is wrong with a value (None if fine); an optional key
+    may be absent."""
+    return field(metadata={"check": check, "optional": optional})
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def at_least(low: float) -> typing.Callable[[float], str | None]:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def fraction(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
+def below_one(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def one_of(*choices: str) -> typing.Callable[[str], str | None]:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def not_empty(value: list) -> str | None:
+    return None if value else "must list at least one item"
+
+
+@dataclass
+class Run:
+    allow_config_change: bool = key()
+
+
+@dataclass
+class Lora:
+    r: int = key(positive)
+    alpha: float = key(positive)
+    dropout: float = key(below_one)
+    target_modules: list[str] = key(not_empty)
+
+
+@dataclass
+class Data:
+    source: str = key(one_of("inbox", "file"))
+    path: str | None = key()
+    batch_size: int = key(positive)
+    max_length: int = key(at_least(2))
+    shuffle: bool = key()
+    format: str = key(one_of(*FORMATS))
+    text_field: str = key()
+    prompt_field: str = key()
+    completion_field: str = key()
+    messages_field: str = key()
+    packing: bool = key()
+    max_bad_fraction: float = key(fraction)
+    max_line_bytes: int = key(positive)
+
+
+@dataclass
+class Optim:
+    """A torch.optim class, bound to the adapter's parameters at call time."""
+    OPEN: ClassVar[bool] = True
+    _target_: str = key()
+    _partial_: bool = key()
+    lr: float = key(positive)
+
+
+@dataclass
+class Scheduler:
+    """A pure function of the global step that multiplies optim.lr."""
+    OPEN: ClassVar[bool] = True
+    _target_: str = key()
+    _partial_: bool = key()
+    warmup_steps: int = key(at_least(0), optional=True)
+
+
+@dataclass
+class Trainer:
+    """lightning.pytorch.Trainer arguments (plus num_threads, ours)."""
+    OPEN: ClassVar[bool] = True
+    _target_: str = key()
+    accelerator: str = key()
+    precision: Any = key()
+    accumulate_grad_batches: int = key(positive)
+    gradient_clip_val: float | None = key(at_least(0))
+    num_threads: int = key(positive)
+
+
+@dataclass
+class ModelCheckpointKeys:
+    every_n_train_steps: int = key(positive)
+    save_top_k: int = key(positive)
+
+
+@dataclass
+class Callbacks:
+    """The core checkpointer's keys, then any number of `name: {_target_: ...}` callbacks."""
+    OPEN: ClassVar[bool] = True
+    model_checkpoint: ModelCheckpointKeys = key()
+
+
+@dataclass
+class Checkpoint:
+    every_n_steps: int | None = key(positive)
+    keep: int | None = key(positive)
+    log_history_max: int = key(positive)
+    min_free_mb: float = key(at_least(0))
+
+
+@dataclass
+class Logging:
+    every_n_steps: int = key(positive)
+    progress_bar: bool = key()
+
+
+@dataclass
+class Daemon:
+    settle_seconds: float = key(at_least(0))
+    poll_seconds: float = key(positive)
+    exit_when_idle: bool = key()
+    skip_duplicates: bool = key()
+    retry_initial_seconds: float = key(positive)
+    retry_max_seconds: float = key(positive)
+    max_nonfinite: int = key(positive)
+    max_crashes: int = key(positive)
+
+
+@dataclass
+class AnyModel:
+    """A model loader this package does not know: its keys are checked against its signature."""
+    OPEN: ClassVar[bool] = True
+    _target_: str = key()
+    name: str = key()
+
+
+@dataclass
+class TinyModel:
+    _target_: str = key()
+    name: str = key()
+    hidden_size: int = key(positive)
+    intermediate_size: int = key(positive)
+    num_hidden_layers: int = key(positive)
+    num_attention_heads: int = key(positive)
+    initializer_range: float = key(positive)
+    max_position_embeddings: int = key(positive)
+    seed: int = key()
+
+
+@dataclass
+class HFModel:
+    _target_: str = key()
+    name: str = key()
+    path: str = key()
+    dtype: str = key(one_of(*DTYPES))
+    trust_remote_code: bool = key()
+
+
+@dataclass
+class SmolLM2Model:
+    _target_: str = key()
+    name: str = key()
+    cache_dir: str = key()
+    dtype: str = key(one_of(*DTYPES))
+    trust_remote_code: bool = key()
+
+
+MODELS = {"lit_continual.models.tiny.load": TinyModel, "lit_continual.models.hf.load": HFModel,
+          "lit_continual.models.smollm2.load": SmolLM2Model}
+
+
+@dataclass
+class Root:
+    base_dir: str | None = key()
+    seed: int = key()
+    run: Run = key()
+    model: AnyModel = key()
+    lora: Lora = key()
+    data: Data = key()
+    optim: Optim = key()
+    scheduler: Scheduler = key()
+    trainer: Trainer = key()
+    callbacks: Callbacks = key()
+    logger: dict | None = key(optional=True)
+    checkpoint: Checkpoint = key()
+    logging: Logging = key()
+    daemon: Daemon = key()
+
+
+def check(config: dict) -> None:
+    """Raise ConfigError naming every key of `config` (a resolved container) that is unknown,
+    missing, of the wrong type or out of bounds."""
+    problems: list[str] = []
+    _check_node(config, Root, "", problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def known_keys(schema: type, path: str = "") -> list[str]:
+    """Every dotted key the schema names (for messages and the restart classification)."""
+    keys = []
+    for f in dataclasses.fields(schema):
+        hint = typing.get_type_hints(schema)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += known_keys(hint, f"{path}{f.name}.")
+        else:
+            keys.append(path + f.name)
+    return keys
+
+
+def _check_node(node: Any, schema: type, path: str, problems: list[str]) -> None:
+    if schema is AnyModel and isinstance(node, dict):
+        schema = MODELS.get(node.get("_target_"), AnyModel)
+    if not isinstance(node, dict):
+        problems.append(f"{path.rstrip('.')} must be a group of keys, not {node!r}")
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    if not getattr(schema, "OPEN", False):
+        problems += [f"unknown key {path}{name}{did_you_mean(path + name, list(fields))}"
+                     for name in node if name not in fields]
+    for name, f in fields.items():
+        try:
+            _check_key(node, name, f, hints[name], path, problems)
+        except ConfigError as err:
+            problems.append(str(err))
+    if schema is Trainer:
+        problems += [f"{path}{name} cannot be set: the daemon sets it (it carries the run's exact steps, "
+                     "checkpoints and data position)" for name in node if name in TRAINER_OWNED]
+    if schema is Callbacks:
+        problems += _missing_targets(node, path, skip=("model_checkpoint",))
+    if "logger" in fields and node.get("logger"):
+        problems += _missing_targets(node["logger"], "logger.", skip=())
+
+
+def _check_key(node: dict, name: str, f: dataclasses.Field, hint: Any, path: str, problems: list[str]) -> None:
+    full = path + name
+    if name not in node:
+        if not f.metadata["optional"]:
+            raise ConfigError(f"{full} must be set")
+        return
+    value = node[name]
+    _check_type(full, value, hint)
+    if dataclasses.is_dataclass(hint):
+        _check_node(value, hint, full + ".", problems)
+    problem = f.metadata["check"](value) if f.metadata["check"] and value is not None else None
+    if problem:
+        raise ConfigError(f"{full}={value!r}: {problem}")
+
+
+def _check_type(full: str, value: Any, hint: Any) -> None:
+    if value == "???":
+        raise ConfigError(f"{full} must be set")
+    if hint is Any or dataclasses.is_dataclass(hint):
+        return
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return
+        hint = next(a for a in args if a is not type(None))
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict),
+          }.get(hint)
+    if typing.get_origin(hint) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        what = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                dict: "a group of keys"}.get(hint, "a list of strings")
+        raise ConfigError(f"{full}={value!r}: must be {what}")
+
+
+def _missing_targets(node: dict, path: str, skip: tuple[str, ...]) -> list[str]:
+    return [f"{path}{name} must be a group with a `_target_` (a class to build), got {value!r}"
+            for name, value in node.items()
+            if name not in skip and (not isinstance(value, dict) or not isinstance(value.get("_target_"), str))]

@@ -1,0 +1,93 @@
+"""Lightning/Hydra-native composition, run for real: loggers, user callbacks, optimizers from
+config, and a checkpointer that is the Trainer's ModelCheckpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from tests.conftest import checkpoints, log_text, newest, train_here, trainer_state, write_jsonl
+
+
+class Recorder(L.Callback):
+    """A user callback (`+callbacks.rec._target_=tests.test_native.Recorder`): writes what it saw."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.seen = Path(out), {"batches": 0}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        saver = trainer.checkpoint_callback
+        self.seen.update(checkpoint_callback=type(saver).__mro__[1].__name__ if saver else None,
+                         is_model_checkpoint=isinstance(saver, ModelCheckpoint),
+                         last_model_path=saver.last_model_path, best_model_path=saver.best_model_path,
+                         every=saver._every_n_train_steps, top_k=saver.save_top_k)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen["batches"] += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.seen["last_at_end"] = trainer.checkpoint_callback.last_model_path
+        self.out.write_text(json.dumps(self.seen))
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _record(tmp_path: Path, base: Path, data: Path, *overrides: str) -> tuple[int, dict]:
+    out = tmp_path / "seen.json"
+    code = train_here(base, "data=inbox_file", f"data.path={data}", f"+callbacks.rec.out={out}",
+                      "+callbacks.rec._target_=tests.test_native.Recorder", *overrides)
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_checkpointer_is_the_trainers_model_checkpoint_and_knows_the_newest_after_a_restart(tmp_path: Path):
+    base = tmp_path / "run"
+    first, second = write_jsonl(tmp_path / "a.jsonl", 80, seed=1), write_jsonl(tmp_path / "b.jsonl", 40, seed=2)
+    code, seen = _record(tmp_path, base, first, "callbacks.model_checkpoint.every_n_train_steps=4")
+    assert code == 0 and seen["is_model_checkpoint"] and seen["every"] == 4 and seen["top_k"] == 3
+    assert seen["last_model_path"] == "" and seen["batches"] == 10, "a user callback runs on every batch"
+    assert seen["last_at_end"] == str(base / "current_model" / "checkpoint-10")
+    # Another interval and k in the next process: nothing is orphaned, the restored path is right.
+    code, seen = _record(tmp_path, base, second, "callbacks.model_checkpoint.every_n_train_steps=3",
+                         "callbacks.model_checkpoint.save_top_k=2")
+    assert code == 0
+    assert seen["last_model_path"] == seen["best_model_path"] == str(base / "current_model" / "checkpoint-10")
+    assert [p.name for p in checkpoints(base)] == ["checkpoint-12", "checkpoint-15"]
+    assert seen["last_at_end"].endswith("checkpoint-15")
+
+
+def test_csv_and_tensorboard_loggers_continue_one_run_across_restarts(tmp_path: Path):
+    base = tmp_path / "run"
+    first, second = write_jsonl(tmp_path / "a.jsonl", 40, seed=1), write_jsonl(tmp_path / "b.jsonl", 40, seed=2)
+    both = ("logger=[tensorboard,csv]", "logging.every_n_steps=1", "callbacks=lr_monitor")
+    assert train_here(base, "data=inbox_file", f"data.path={first}", *both) == 0
+    assert train_here(base, "data=inbox_file", f"data.path={second}", *both) == 0
+    rows = [r for r in _rows(base / "csv" / "metrics.csv") if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == list(range(1, 11)), "one run: steps 1-10 from two processes"
+    losses = [e["loss"] for e in trainer_state(newest(base))["log_history"]]
+    assert [round(float(r["train/loss"]), 6) for r in rows] == losses
+    assert any(r.get("lr-AdamW") for r in _rows(base / "csv" / "metrics.csv")), "the lr_monitor preset logs"
+    assert list((base / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (base / "csv" / "version_0").exists() and not (base / "csv" / "version_1").exists()
+
+
+def test_sgd_from_its_preset_trains_and_a_restart_with_adamw_is_refused(tmp_path: Path, capsys):
+    base = tmp_path / "run"
+    first, second = write_jsonl(tmp_path / "a.jsonl", 40, seed=1), write_jsonl(tmp_path / "b.jsonl", 40, seed=2)
+    assert train_here(base, "data=inbox_file", f"data.path={first}", "optim=sgd") == 0
+    import torch
+
+    from lit_continual.safe_load import load_tensors
+
+    saved = load_tensors(newest(base) / "optimizer.pt")
+    assert "momentum_buffer" in next(iter(saved["state"].values())), "SGD with momentum trained"
+    assert torch.isfinite(torch.tensor([e["loss"] for e in trainer_state(newest(base))["log_history"]])).all()
+    assert train_here(base, "data=inbox_file", f"data.path={second}", "run.allow_config_change=true") == 2
+    assert "optim._target_ ('torch.optim.SGD' -> 'torch.optim.AdamW')" in log_text(base)
+    assert "optim._target_" in capsys.readouterr().err
