@@ -86,6 +86,8 @@ BAD = [
     (["model=hf", "model.path={tmp}"], "model.path="),
     (["model=hf", "model.path={tmp}/missing"], "model.path="),
     (["--base-dir-file"], "base_dir="),
+    (["~callbacks"], "callbacks must be set"),
+    (["callbacks=null"], "Config group override"),
 ]
 
 SCRIPT = """
@@ -145,7 +147,8 @@ def test_open_node_keys_are_checked_against_their_target_before_the_model_loads(
 def test_other_optimizer_class_by_target_and_removed_keys_trains(tmp_path: Path):
     data = write_jsonl(tmp_path / "d.jsonl", 16)
     assert train_here(tmp_path / "run", "data=inbox_file", f"data.path={data}", "optim._target_=torch.optim.Adam",
-                      "~optim.weight_decay", "trainer.deterministic=true") == 0
+                      "~optim.weight_decay", "trainer.deterministic=true", "~logger") == 0
+    assert not list((tmp_path / "run" / "tensorboard").glob("events.*")), "~logger: no logger at all"
 
 
 def test_restart_of_an_old_adamw_run_with_another_optimizer_is_refused(tmp_path: Path):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.conftest import checkpoints, log_text, newest, train_here, trainer_state, write_jsonl
@@ -91,3 +92,50 @@ def test_sgd_from_its_preset_trains_and_a_restart_with_adamw_is_refused(tmp_path
     assert train_here(base, "data=inbox_file", f"data.path={second}", "run.allow_config_change=true") == 2
     assert "optim._target_ ('torch.optim.SGD' -> 'torch.optim.AdamW')" in log_text(base)
     assert "optim._target_" in capsys.readouterr().err
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("name", ["mlflow", "wandb"])
+def test_optional_logger_without_its_package_is_exit_2_with_the_install_command(tmp_path: Path, capsys, name):
+    if _installed(name):
+        pytest.skip(f"{name} is installed here")
+    data = write_jsonl(tmp_path / "a.jsonl", 8)
+    assert train_here(tmp_path / "run", "data=inbox_file", f"data.path={data}", f"logger={name}") == 2
+    assert f"pip install 'lit-continual[{name}]'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "base_model").exists()
+
+
+def _run_ids(base: Path) -> dict:
+    from lit_continual.safe_load import load_tensors
+
+    return load_tensors(newest(base) / "run_state.pt")["callbacks"].get("LoggerRuns", {})
+
+
+@pytest.mark.parametrize("name", ["mlflow", "wandb"])
+def test_optional_logger_continues_one_run_across_restarts(tmp_path: Path, monkeypatch, name):
+    if not _installed(name):
+        pytest.skip(f"logger={name} needs the optional extra: pip install 'lit-continual[{name}]'")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    base = tmp_path / "run"
+    first, second = write_jsonl(tmp_path / "a.jsonl", 40, seed=1), write_jsonl(tmp_path / "b.jsonl", 40, seed=2)
+    settings = (f"logger={name}", "logging.every_n_steps=1")
+    assert train_here(base, "data=inbox_file", f"data.path={first}", *settings) == 0
+    run_id = _run_ids(base)[name]
+    assert train_here(base, "data=inbox_file", f"data.path={second}", *settings) == 0
+    assert _run_ids(base)[name] == run_id, "the second process logged into the same run"
+    if name == "mlflow":
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{base}/mlflow/mlflow.db")
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+        assert steps == list(range(1, 11))
+        experiment = client.get_experiment_by_name("lit-continual")
+        assert len(client.search_runs([experiment.experiment_id])) == 1
+    else:
+        runs = sorted((base / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)

@@ -39,6 +39,7 @@ REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE,
 CORRUPT = ".corrupt"
 LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
 HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
+LOGGER_RUNS_KEY = "LoggerRuns"  # the LoggerRuns callback's state_key
 
 
 def step_of(path: Path) -> int | None:
@@ -53,6 +54,11 @@ def complete_checkpoints(models_dir: Path) -> list[Path]:
     found = [p for p in models_dir.iterdir()
              if step_of(p) is not None and (p / MANIFEST).is_file()]
     return sorted(found, key=step_of)
+
+
+def logger_runs(path: Path) -> dict[str, str]:
+    """The run ids of loggers that continue one run (LoggerRuns' state) in checkpoint `path`."""
+    return dict(load_tensors(path / RUN_STATE)["callbacks"].get(LOGGER_RUNS_KEY, {}))
 
 
 def newest_checkpoint(models_dir: Path) -> Path | None:

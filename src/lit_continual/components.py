@@ -131,8 +131,9 @@ def schedule(cfg: DictConfig) -> Callable[[int], float]:
     return instantiate(cfg.scheduler, _convert_="all")
 
 
-def loggers(cfg: DictConfig, resume_step: int) -> dict[str, Any]:
-    """The configured loggers by name; TensorBoard drops events after `resume_step`."""
+def loggers(cfg: DictConfig, resume_step: int, run_ids: dict[str, str]) -> dict[str, Any]:
+    """The configured loggers by name; TensorBoard drops events after `resume_step`; loggers
+    that can continue a run (MLflow, W&B) go on in the one `run_ids` names."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     built = {}
@@ -147,6 +148,8 @@ def loggers(cfg: DictConfig, resume_step: int) -> dict[str, Any]:
         except Exception as err:
             hint = f" (pip install 'lit-continual[{EXTRAS[name]}]')" if name in EXTRAS else ""
             raise ConfigError(f"logger.{name}: {_cause(err)}{hint}") from err
+        if name in run_ids and hasattr(built[name], "continue_run"):
+            built[name].continue_run(run_ids[name])
     return built
 
 

@@ -57,7 +57,8 @@ def fit(cfg: DictConfig, ctx: RunContext) -> None:
 
     # Loggers and user callbacks first: a constructor that refuses its arguments (or a missing
     # optional package) is a configuration error before the model loads.
-    loggers = components.loggers(cfg, checkpoints.step_of(resume) if resume else 0)
+    loggers = components.loggers(cfg, checkpoints.step_of(resume) if resume else 0,
+                                 checkpoints.logger_runs(resume) if resume else {})
     user_callbacks = components.user_callbacks(cfg)
     loaded = components.model(cfg, ctx.base_dir)
     model = apply_lora(loaded.model, cfg.lora, cfg.seed)

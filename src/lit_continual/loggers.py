@@ -61,10 +61,10 @@ class ContinualMLFlowLogger(MLFlowLogger):
 
     @property
     def continued_run_id(self) -> str | None:
-        return self._run_id
+        return self.run_id  # starts the MLflow run if nothing was logged yet
 
     def continue_run(self, run_id: str) -> None:
-        if self._experiment is None:  # not started yet: log into the saved run
+        if not self._initialized:  # not started yet: log into the saved run
             self._run_id = run_id
 
 
@@ -73,9 +73,15 @@ class ContinualWandbLogger(WandbLogger):
 
     @property
     def continued_run_id(self) -> str | None:
-        return self._experiment.id if self._experiment is not None else self._wandb_init.get("id")
+        return self.experiment.id  # starts the W&B run if nothing was logged yet
 
     def continue_run(self, run_id: str) -> None:
         if self._experiment is None:
             self._wandb_init.update(id=run_id, resume="allow")
             self._id = run_id
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None:  # the process's run ends with fit() (a new fit resumes it)
+            self._experiment.finish()
+            self._experiment = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import lightning as L
 
+from lit_continual import checkpoints
+
 
 class LoggerRuns(L.Callback):
-    """Saves `continued_run_id` of each named logger that has one; hands it back on restart.
+    """Saves `continued_run_id` of each named logger that has one, in every checkpoint.
 
-    Lightning restores callback state before anything is logged, so the logger starts in the
-    saved run instead of a new one.
+    Lightning starts the loggers' experiments in its setup, before callback state is restored,
+    so the ids are handed back when the loggers are built (components.loggers), not here.
     """
 
     def __init__(self, loggers: dict[str, object]) -> None:
@@ -17,13 +19,11 @@ class LoggerRuns(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return "LoggerRuns"
+        return checkpoints.LOGGER_RUNS_KEY
 
     def state_dict(self) -> dict:
         ids = {name: lg.continued_run_id for name, lg in self.loggers.items()}
         return {name: run_id for name, run_id in ids.items() if run_id}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        for name, run_id in state_dict.items():
-            if name in self.loggers:
-                self.loggers[name].continue_run(run_id)
+        """Nothing: the ids were read from the checkpoint before the loggers started."""

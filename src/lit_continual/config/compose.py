@@ -50,7 +50,7 @@ def compose(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name=ROOT_CONFIG, overrides=open_overrides(list(overrides)))
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. `group=null`
         raise ConfigError(_explain(str(err))) from err
 
 

@@ -17,14 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from lit_continual.claims import Claim, Claims, NotAFile, claimed_name
-from lit_continual.crash_guard import CrashGuard
+from lit_continual.context import RunContext
 from lit_continual.data.file_index import FileIndex, IndexCancelled
 from lit_continual.data.prepare import FeedRules, PreparedFile, file_record, index_file, line_report, rejection
 from lit_continual.disposal import CHANGED, DELETE, FAILED, MODIFIED, Disposal
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import FileRecord, Ledger
-from lit_continual.status import Status
-from lit_continual.stop import StopRequest
 from lit_continual.storage import Backoff
 
 log = logging.getLogger("lit_continual")
@@ -34,12 +32,11 @@ class InboxFeed:
     """Hands out settled inbox files in order; the unfinished file of the run comes first."""
 
     def __init__(self, inbox: Inbox, claims: Claims, ledger: Callable[[], Ledger], rules: FeedRules,
-                 stop: StopRequest, status: Status, guard: CrashGuard, step: Callable[[], int],
-                 backoff: Backoff, drain: bool) -> None:
+                 ctx: RunContext, step: Callable[[], int], backoff: Backoff, drain: bool) -> None:
         self.inbox, self.claims, self._ledger, self.rules = inbox, claims, ledger, rules
-        self.stop, self.status, self.guard, self._step = stop, status, guard, step
+        self.stop, self.status, self.guard, self._step = ctx.stop, ctx.status, ctx.guard, step
         self.backoff, self.drain = backoff, drain
-        self.disposal = Disposal(inbox, claims, ledger, status, stop, backoff)
+        self.disposal = Disposal(inbox, claims, ledger, ctx.status, ctx.stop, backoff)
         self._drained = False  # drain mode found the inbox empty
         self._closing = False
         self.live: dict[int, PreparedFile] = {}

@@ -182,7 +182,7 @@ class ContinualDataModule(L.LightningDataModule):
             inbox = Inbox(ctx.base_dir, cfg.daemon.settle_seconds, cfg.daemon.poll_seconds)
             backoff = Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
             self.feed = InboxFeed(inbox, Claims(inbox.dir, ctx.base_dir / "failed"), lambda: self.ledger, rules,
-                                  ctx.stop, ctx.status, ctx.guard, lambda: self.trainer.global_step, backoff,
+                                  ctx, lambda: self.trainer.global_step, backoff,
                                   cfg.daemon.exit_when_idle)
 
     @property
