@@ -12,13 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose
-from lit_continual.config.compose import open_overrides
+from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError
+from lit_continual.config.compose import as_added, compose_with
 from lit_continual.run import train
-
-# Hydra's own flags that run no job, and the multirun switch (its sweeps compose per job).
-NO_JOB = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
-MULTIRUN = ("-m", "--multirun")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -35,19 +31,23 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def _check_before_hydra(args: list[str]) -> None:
-    """Compose once ourselves so that a bad override is exit 2 with our message (a typo'd key
-    names the closest known one), not Hydra's exit 1."""
-    if any(a in NO_JOB or a in MULTIRUN for a in args):
-        return
+def overrides_for_hydra(args: list[str]) -> list[str]:
+    """Compose once ourselves, so that a bad override is exit 2 with our message (a typo'd key
+    names the closest known one) instead of Hydra's exit 1, and keys added to open groups
+    (`trainer.deterministic=true`) reach Hydra as `++key=value`. With Hydra's own flags (-m,
+    --cfg, -cd, ...) or a search path our compose cannot see the job, so open-group keys are
+    passed as `++` and Hydra judges the rest; the run itself still checks the result."""
+    if any(a.startswith("-") or a.startswith("hydra.searchpath") for a in args):
+        return [as_added(a) for a in args]
+    mine = [a for a in args if not a.startswith("hydra.")]
     try:
-        compose([a for a in args if not a.startswith("hydra.") and not a.startswith("-")])
+        _, given = compose_with(mine)
     except ConfigError as err:
         print(f"train.py: configuration error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
+    return given + [a for a in args if a.startswith("hydra.")]
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = open_overrides(sys.argv[1:])
-    _check_before_hydra(sys.argv[1:])
+    sys.argv[1:] = overrides_for_hydra(sys.argv[1:])
     main()

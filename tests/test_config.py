@@ -73,6 +73,7 @@ BAD = [
     (["daemon.poll_seconds=0"], "daemon.poll_seconds"),
     (["data.format=csv"], "data.format"),
     (["trainer.max_steps=10"], "trainer.max_steps cannot be set"),
+    (["trainer.precision=fp8"], "trainer.precision='fp8'"),
     (["trainer.strategy=ddp"], "trainer.strategy cannot be set"),
     (["trainer.enable_checkpointing=false"], "trainer.enable_checkpointing cannot be set"),
     (["checkpoint.keep=0"], "checkpoint.keep=0"),
@@ -87,7 +88,9 @@ BAD = [
     (["model=hf", "model.path={tmp}/missing"], "model.path="),
     (["--base-dir-file"], "base_dir="),
     (["~callbacks"], "callbacks must be set"),
-    (["callbacks=null"], "Config group override"),
+    (["callbacks=null"], "callbacks must be set"),
+    (["optim._partial_=false"], "optim._partial_=False: must be true"),
+    (["scheduler._partial_=false"], "scheduler._partial_=False: must be true"),
 ]
 
 SCRIPT = """
@@ -133,6 +136,9 @@ def test_every_bad_value_kind_is_exit_2_naming_the_key_before_torch_loads(tmp_pa
     (["+callbacks.mine._target_=no.such.Callback"], "callbacks.mine._target_='no.such.Callback': cannot be imported"),
     (["+callbacks.mine._target_=torch.nn.Linear"], "must be a subclass of lightning.pytorch.callbacks"),
     (["scheduler.warmup_step=3"], "did you mean `scheduler.warmup_steps`?"),
+    (["optim.weight_decay=-1"], "optim: torch.optim.AdamW refuses its keys: ValueError: Invalid weight_decay"),
+    (["optim.betas=0.9"], "optim: torch.optim.AdamW refuses its keys"),
+    (["optim=sgd", "optim.momentum=0", "+optim.nesterov=true"], "Nesterov momentum requires"),
     (["logger=csv", "logger.csv.flush_logs_every_n_step=5"],
      "did you mean `logger.csv.flush_logs_every_n_steps`?"),
 ])
@@ -142,6 +148,22 @@ def test_open_node_keys_are_checked_against_their_target_before_the_model_loads(
     assert train_here(base, *overrides) == 2
     assert text in capsys.readouterr().err
     assert not (base / "base_model").exists(), "the model was loaded before the config error"
+
+
+@pytest.mark.parametrize(("overrides", "text"), [
+    (["lora.target_modules=[nope_proj]"], "lora.target_modules=['nope_proj']"),
+    (["callbacks=lr_monitor", "~logger"], "Lightning refused the configuration"),
+])
+def test_values_only_the_model_or_trainer_can_judge_are_exit_2_not_a_crash(tmp_path: Path, capsys, overrides, text):
+    data = write_jsonl(tmp_path / "d.jsonl", 8)
+    assert train_here(tmp_path / "run", "data=inbox_file", f"data.path={data}", *overrides) == 2
+    assert text in capsys.readouterr().err
+    assert not (tmp_path / "run" / ".crashes.json").exists() or "d.jsonl" not in (
+        tmp_path / "run" / ".crashes.json").read_text(), "a configuration error is never blamed on the file"
+
+
+def test_group_null_turns_the_group_off_as_in_the_template(tmp_path: Path):
+    assert "logger" not in prepare(compose([f"base_dir={tmp_path}", "logger=null"]))
 
 
 def test_other_optimizer_class_by_target_and_removed_keys_trains(tmp_path: Path):
@@ -159,6 +181,8 @@ def test_restart_of_an_old_adamw_run_with_another_optimizer_is_refused(tmp_path:
         check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "optim=sgd"])))
     with pytest.raises(ConfigError, match="scheduler._target_"):
         check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "scheduler=constant"])))
+    # The same class by another path is the same optimizer.
+    check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "optim._target_=torch.optim.adamw.AdamW"])))
 
 
 def test_daemon_cfg_prints_the_resolved_config_and_help_lists_the_groups(tmp_path: Path):
@@ -182,3 +206,18 @@ def test_train_py_config_errors_exit_2_with_our_message(tmp_path: Path):
                                 capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode == 2, result.stdout + result.stderr
         assert text in result.stderr
+
+
+def test_the_schema_knows_lightnings_precision_values():
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import (
+        _PRECISION_INPUT_INT,
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
+
+    from lit_continual.config.schema import PRECISIONS
+
+    lightning = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_INT) + get_args(_PRECISION_INPUT_STR_ALIAS)
+    assert set(PRECISIONS) == {str(p) for p in lightning}

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.conftest import checkpoints, log_text, newest, train_here, trainer_state, write_jsonl
+from tests.conftest import checkpoints, log_text, newest, train_here, trainer_state, under_inbox, write_jsonl
 
 
 class Recorder(L.Callback):
@@ -139,3 +141,102 @@ def test_optional_logger_continues_one_run_across_restarts(tmp_path: Path, monke
     else:
         runs = sorted((base / "wandb").glob("offline-run-*"))
         assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+
+
+def renamed_tiny(base_dir: Path, **shape):
+    """A model kind defined outside the package: `model._target_=tests.test_native.renamed_tiny`."""
+    from lit_continual.models import tiny
+
+    (base_dir / "custom_loader_used").write_text("yes")
+    return tiny.load(base_dir, **shape)
+
+
+def test_a_new_model_kind_is_a_loader_named_in_config(tmp_path: Path):
+    base, data = tmp_path / "run", write_jsonl(tmp_path / "a.jsonl", 8)
+    assert train_here(base, "data=inbox_file", f"data.path={data}", "model._target_=tests.test_native.renamed_tiny",
+                      "model.name=renamed") == 0
+    assert (base / "custom_loader_used").exists() and "Model renamed from" in log_text(base)
+
+
+# -- the seams between the checkpointer and the file lifecycle ------------------------------
+
+def test_stop_asked_while_a_checkpoint_is_written_trains_nothing_more(tmp_path: Path, monkeypatch):
+    from lit_continual.checkpoints import DirectoryCheckpointIO
+
+    base = tmp_path / "run"
+    write_jsonl(base / "inbox" / "a.jsonl", 80, seed=1)
+    write_jsonl(base / "inbox" / "b.jsonl", 80, seed=2)
+    os.utime(base / "inbox" / "b.jsonl", (time.time() + 5, time.time() + 5))  # b after a
+    save = DirectoryCheckpointIO.save_checkpoint
+
+    def save_while_stop_arrives(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        (base / ".stop").touch()  # the operator's stop lands during the write
+
+    monkeypatch.setattr(DirectoryCheckpointIO, "save_checkpoint", save_while_stop_arrives)
+    assert train_here(base, "callbacks.model_checkpoint.every_n_train_steps=1000") == 0
+    assert [p.name for p in checkpoints(base)] == ["checkpoint-10"]
+    assert "Stopping (.stop file) at step 10" in log_text(base) and "File b.jsonl" not in log_text(base)
+    assert under_inbox(base, "b.jsonl") and not under_inbox(base, "a.jsonl")
+
+
+class StopAtBatch(L.Callback):
+    """A user callback that stops the run mid accumulation window (as Lightning's Timer may)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            trainer.should_stop = True
+
+
+def test_a_user_callbacks_stop_mid_window_loses_and_repeats_nothing(tmp_path: Path):
+    base, data = tmp_path / "run", write_jsonl(tmp_path / "a.jsonl", 40, seed=1)
+    window = ("data.batch_size=4", "trainer.accumulate_grad_batches=2")
+    assert train_here(base, "data=inbox_file", f"data.path={data}", *window, "+callbacks.stop._target_="
+                      "tests.test_native.StopAtBatch", "+callbacks.stop.at=4") == 0
+    ledger = json.loads((newest(base) / "ledger.json").read_text())
+    assert newest(base).name == "checkpoint-2" and ledger["current"]["examples_trained"] == 16
+    assert train_here(base, "data=inbox_file", f"data.path={data}", *window) == 0
+    ledger = json.loads((newest(base) / "ledger.json").read_text())
+    assert ledger["examples_trained_total"] == 40 and newest(base).name == "checkpoint-5"
+
+
+class NumpyState(L.Callback):
+    """A user callback whose state would not load back with weights_only=True."""
+
+    def state_dict(self) -> dict:
+        import numpy as np
+
+        return {"mean": np.float64(0.5)}
+
+
+def test_a_callback_state_that_would_not_load_is_refused_and_the_run_stays_resumable(tmp_path: Path, capsys):
+    base, data = tmp_path / "run", write_jsonl(tmp_path / "a.jsonl", 40, seed=1)
+    assert train_here(base, "data=inbox_file", f"data.path={data}",
+                      "+callbacks.np._target_=tests.test_native.NumpyState") == 2
+    assert "callback state NumpyState cannot be loaded back" in capsys.readouterr().err
+    assert checkpoints(base) == []
+    assert train_here(base, "data=inbox_file", f"data.path={data}") == 0
+    assert newest(base).name == "checkpoint-5"
+
+
+class CsvWatcher(L.Callback):
+    """Reads metrics.csv while the run is going: rows must be on disk as they are logged."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.rows_at_step_5 = Path(path), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 5 and self.rows_at_step_5 is None:
+            self.rows_at_step_5 = len(_rows(self.path)) if self.path.exists() else 0
+            (self.path.parent / "rows_at_step_5").write_text(str(self.rows_at_step_5))
+
+
+def test_csv_rows_are_on_disk_as_they_are_logged(tmp_path: Path):
+    base, data = tmp_path / "run", write_jsonl(tmp_path / "a.jsonl", 80, seed=1)
+    assert train_here(base, "data=inbox_file", f"data.path={data}", "logger=csv", "logging.every_n_steps=1",
+                      "+callbacks.watch._target_=tests.test_native.CsvWatcher",
+                      f"+callbacks.watch.path={base / 'csv' / 'metrics.csv'}") == 0
+    assert (base / "csv" / "rows_at_step_5").read_text() == "5"

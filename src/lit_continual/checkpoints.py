@@ -11,6 +11,7 @@ Every .pt loads with `torch.load(..., weights_only=True)`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from peft import PeftConfig
 from safetensors.torch import load_file, save_file
 
 from lit_continual import atomic, faults
+from lit_continual.config.errors import ConfigError
 from lit_continual.safe_load import load_tensors
 from lit_continual.storage import StorageFault
 
@@ -127,6 +129,35 @@ def prune(models_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
+class UnloadableState(ConfigError):
+    """A callback's state that `weights_only` loading would refuse: such a checkpoint would make
+    the base dir impossible to resume, so it is never written (exit 2 naming the state)."""
+
+
+def _loadable_bytes(state: dict) -> bytes:
+    """`state` serialized, after checking that it loads back with weights_only=True."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        load_tensors(io.BytesIO(buffer.getvalue()))
+    except Exception as err:
+        bad = [key for key, value in state.get("callbacks", {}).items() if not _loads(value)]
+        raise UnloadableState(f"callback state {', '.join(bad) or '(run state)'} cannot be loaded back with "
+                              f"torch.load(weights_only=True) ({str(err).splitlines()[0]}): its state_dict() "
+                              "must hold only tensors, numbers, strings, lists, tuples and dicts") from err
+    return buffer.getvalue()
+
+
+def _loads(value: object) -> bool:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    try:
+        load_tensors(io.BytesIO(buffer.getvalue()))
+    except Exception:
+        return False
+    return True
+
+
 class DirectoryCheckpointIO(CheckpointIO):
     """Writes/reads a Lightning checkpoint as a checkpoint directory, atomically."""
 
@@ -145,6 +176,9 @@ class DirectoryCheckpointIO(CheckpointIO):
             faults.point("checkpoint-tmp", checkpoint["global_step"])
             os.rename(tmp, final)
             atomic.fsync_dir(final.parent)
+        except UnloadableState:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except Exception as err:  # whatever the writer raised (SafetensorError, RuntimeError on ENOSPC, ...)
             shutil.rmtree(tmp, ignore_errors=True)
             free = shutil.disk_usage(final.parent).free
@@ -167,7 +201,7 @@ class DirectoryCheckpointIO(CheckpointIO):
                  "loss_pending": history["pending"]}
         atomic.write_json(out / TRAINER_STATE, state, durable=False)
         atomic.write_json(out / RUN_CONFIG, ckpt.pop("run_config"), durable=False)
-        torch.save(ckpt, out / RUN_STATE)
+        (out / RUN_STATE).write_bytes(_loadable_bytes(ckpt))
         manifest = {name: {"size": (out / name).stat().st_size, "sha256": _sha256(out / name)}
                     for name in sorted(os.listdir(out))}
         atomic.write_json(out / MANIFEST, {"files": manifest}, durable=False)

@@ -38,6 +38,23 @@ def check(cfg: DictConfig) -> None:
         _check_node(node, f"logger.{name}", base=None)
     for name, node in _named(cfg.callbacks, skip="model_checkpoint"):
         _check_node(node, f"callbacks.{name}", base=L.Callback)
+    _try_out(cfg)
+
+
+def _try_out(cfg: DictConfig) -> None:
+    """Values a signature cannot judge (a negative weight decay, a schedule that raises) are
+    refused by building the optimizer on one parameter and asking the schedule for step 0."""
+    try:
+        build, _ = optimizer(cfg)
+        build([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        raise ConfigError(f"optim: {cfg.optim._target_} refuses its keys: {_cause(err)}") from err
+    try:
+        factor = schedule(cfg)(0)
+    except Exception as err:
+        raise ConfigError(f"scheduler: {cfg.scheduler._target_}(0) failed: {_cause(err)}") from err
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+        raise ConfigError(f"scheduler: {cfg.scheduler._target_}(0) returned {factor!r}, not a number >= 0")
 
 
 def _named(group: DictConfig | None, skip: str = "") -> list[tuple[str, DictConfig]]:
@@ -138,8 +155,8 @@ def loggers(cfg: DictConfig, resume_step: int, run_ids: dict[str, str]) -> dict[
 
     built = {}
     for name, node in _named(cfg.get("logger")):
-        extra = {}
-        if issubclass(get_object(node._target_), TensorBoardLogger) and "purge_step" not in node:
+        extra, target = {}, get_object(node._target_)
+        if isinstance(target, type) and issubclass(target, TensorBoardLogger) and "purge_step" not in node:
             # Events a killed process logged after the checkpoint we resume from are dropped,
             # so TensorBoard never shows a doubled curve.
             extra["purge_step"] = resume_step + 1
@@ -171,6 +188,7 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, plugins: list) -> L
     kwargs.setdefault("enable_model_summary", False)
     kwargs["precision"] = _precision(cfg)
     owned = dict(devices=1, num_nodes=1, strategy="auto", max_epochs=-1, max_steps=-1, max_time=None,
+                 default_root_dir=cfg.base_dir,
                  barebones=False, enable_checkpointing=True, limit_val_batches=0, num_sanity_val_steps=0,
                  use_distributed_sampler=False, plugins=plugins, logger=loggers or False, callbacks=callbacks,
                  log_every_n_steps=cfg.logging.every_n_steps)

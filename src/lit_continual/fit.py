@@ -14,6 +14,7 @@ import warnings
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from lit_continual import checkpoints, components
@@ -28,7 +29,7 @@ from lit_continual.callbacks import (
     StopSignals,
 )
 from lit_continual.checkpoints import DirectoryCheckpointIO
-from lit_continual.config import check_unchanged
+from lit_continual.config import ConfigError, check_unchanged
 from lit_continual.context import RunContext
 from lit_continual.data.stream import ContinualDataModule
 from lit_continual.models.lora import apply_lora
@@ -61,7 +62,10 @@ def fit(cfg: DictConfig, ctx: RunContext) -> None:
                                  checkpoints.logger_runs(resume) if resume else {})
     user_callbacks = components.user_callbacks(cfg)
     loaded = components.model(cfg, ctx.base_dir)
-    model = apply_lora(loaded.model, cfg.lora, cfg.seed)
+    try:
+        model = apply_lora(loaded.model, cfg.lora, cfg.seed)
+    except ValueError as err:  # PEFT: a target module the model does not have
+        raise ConfigError(f"lora.target_modules={list(cfg.lora.target_modules)}: {err}") from err
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("Model %s from %s: %d trainable of %d parameters", cfg.model.name, loaded.path,
              trainable, sum(p.numel() for p in model.parameters()))
@@ -82,6 +86,8 @@ def fit(cfg: DictConfig, ctx: RunContext) -> None:
         log.info("No checkpoint in %s: starting the run at step 0", ctx.models_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except MisconfigurationException as err:  # Lightning's word for a configuration error
+        raise ConfigError(f"Lightning refused the configuration: {err}") from err
     finally:
         datamodule.feed.close()
 

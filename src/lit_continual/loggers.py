@@ -1,9 +1,10 @@
 """Loggers that continue one run across restarts (stock ones start over in each process).
 
-- `ContinualCSVLogger`: stock `CSVLogger` deletes an existing metrics.csv when it starts;
-  this one appends to it. After a kill, the rows a killed process wrote after its last
-  checkpoint stay, and the resumed process writes those steps again (a step may appear twice:
-  the later row is the one the run kept).
+- `ContinualCSVLogger`: stock `CSVLogger` deletes an existing metrics.csv when it starts
+  and keeps rows in memory until 100 steps have passed; this one appends to the file and
+  writes each row when it is logged (`tail -f` works). After a kill, the rows a killed process
+  wrote after its last checkpoint stay, and the resumed process writes those steps again (a
+  step may appear twice: the later row is the one the run kept).
 - `ContinualMLFlowLogger` / `ContinualWandbLogger`: the run id is kept in the run state (each
   checkpoint) by the `LoggerRuns` callback and given back on restart, so metrics go on in the
   same MLflow / W&B run. Points a killed process logged after its last checkpoint stay and
@@ -42,6 +43,10 @@ class ContinualCSVLogger(CSVLogger):
 
     def __init__(self, save_dir: str, name: str = "csv", version: str = "", **kwargs) -> None:
         super().__init__(save_dir=save_dir, name=name, version=version, **kwargs)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self.save()  # on disk now, not after flush_logs_every_n_steps (rows would die with a kill)
 
     @property
     def experiment(self) -> _AppendingWriter:

@@ -83,7 +83,9 @@ class LoRAModule(L.LightningModule):
         """
         optimizer = self.trainer.optimizers[0]
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        lr, factor = float(self.hyperparameters["lr"]), self.schedule(scheduler.last_epoch)
+        step = self.trainer.global_step  # the schedule's input, never the restored scheduler's own count
+        scheduler.last_epoch = step
+        lr, factor = float(self.hyperparameters["lr"]), self.schedule(step)
         for group in optimizer.param_groups:
             for name, value in self.hyperparameters.items():
                 if name in group and name != "lr":

@@ -8,12 +8,13 @@ accepts tensors and plain containers (torch's restricted weights-only unpickler)
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
 import torch
 
 
-def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def load_tensors(path: str | os.PathLike | io.BytesIO, map_location: Any = "cpu") -> Any:
     """`torch.load(path, map_location=map_location, weights_only=True)`; never a full unpickle."""
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -42,7 +42,11 @@ class CheckpointListener:
     """Implemented by callbacks that act once a checkpoint is durable (the inbox delete)."""
 
     def on_checkpoint_saved(self, trainer: L.Trainer, step: int) -> None:
-        raise NotImplementedError
+        """A checkpoint of `step` is durable."""
+
+    def after_checkpoint(self, trainer: L.Trainer) -> None:
+        """The checkpointer is done with this step (saved, or gave up at a stop request): a
+        stop asked for while it was writing is acted on now, before the next batch."""
 
 
 class Checkpointer(ModelCheckpoint):
@@ -109,6 +113,7 @@ class Checkpointer(ModelCheckpoint):
 
         saved, seconds = retry(attempt, f"checkpoint {path.name}", self.backoff, self.ctx.stop, self.ctx.status)
         if not saved:
+            self._tell(trainer, lambda listener: listener.after_checkpoint(trainer))
             return False
         self._last_global_step_saved, self._last_checkpoint_saved = step, str(path)
         log.info("Saved checkpoint %s in %.0f ms", path.name, seconds * 1000)
@@ -120,21 +125,25 @@ class Checkpointer(ModelCheckpoint):
         self._refresh(trainer)
         for logger in trainer.loggers:
             logger.after_save_checkpoint(proxy(self))
+        self._tell(trainer, lambda listener: listener.on_checkpoint_saved(trainer, step))
+        self._tell(trainer, lambda listener: listener.after_checkpoint(trainer))
+        return True
+
+    @staticmethod
+    def _tell(trainer: L.Trainer, call) -> None:
         for callback in trainer.callbacks:
             if isinstance(callback, CheckpointListener):
-                callback.on_checkpoint_saved(trainer, step)
-        return True
+                call(callback)
 
     def _refresh(self, trainer: L.Trainer) -> None:
         """ModelCheckpoint's attributes from the complete checkpoints on disk."""
         kept = checkpoints.complete_checkpoints(self.ctx.models_dir)
         self.best_k_models = {str(p): torch.tensor(float(checkpoints.step_of(p))) for p in kept}
-        newest, oldest = (str(kept[-1]), str(kept[0])) if kept else ("", "")
         self.last_model_path = self.best_model_path = self.kth_best_model_path = ""
         if kept:
-            self.last_model_path = self.best_model_path = newest
-            self.kth_best_model_path = oldest
-            self.best_model_score = self.best_k_models[newest]
+            self.last_model_path = self.best_model_path = str(kept[-1])
+            self.kth_best_model_path = str(kept[0])
+            self.best_model_score = self.best_k_models[str(kept[-1])]
             self._last_global_step_saved = max(self._last_global_step_saved, checkpoints.step_of(kept[-1]))
 
     def _check_free_space(self) -> None:

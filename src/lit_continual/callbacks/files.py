@@ -40,6 +40,10 @@ class FileLifecycle(CheckpointListener, L.Callback):
     def __init__(self, datamodule: ContinualDataModule, ctx: RunContext) -> None:
         self.dm, self.ctx = datamodule, ctx
         self.finished: list[_Finished] = []
+        # Examples of the optimizer step in progress: the ledger advances by whole steps, so a
+        # checkpoint (even one forced mid-window by a user callback's stop) never counts
+        # examples whose update was not applied.
+        self.window_examples = 0
 
     @property
     def state_key(self) -> str:
@@ -73,9 +77,11 @@ class FileLifecycle(CheckpointListener, L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         info: BatchInfo = batch[INFO]
-        self.dm.ledger.advance(info.examples)
+        self.window_examples += info.examples
         if not info.window_end:
             return
+        self.dm.ledger.advance(self.window_examples)
+        self.window_examples = 0
         step = trainer.global_step
         self.ctx.status.update(current_step=step)
         faults.point("step", step)
@@ -106,6 +112,10 @@ class FileLifecycle(CheckpointListener, L.Callback):
             faults.point("before-delete", item.step)
             self.dm.feed.finish(item.handle, record)
             self.ctx.status.update(current_file=None, total_steps=item.step, write=True)
+
+    def after_checkpoint(self, trainer: L.Trainer) -> None:
+        if self.ctx.stop.requested:  # asked while the checkpoint was being written
+            self._stop(trainer, self.ctx.stop.reason)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # An epoch ends whenever the feed has nothing ready; stop only if asked or drained.

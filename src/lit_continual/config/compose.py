@@ -28,30 +28,62 @@ def groups() -> dict[str, list[str]]:
             for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
 
 
-def open_overrides(overrides: list[str]) -> list[str]:
-    """`a.b=v` becomes `++a.b=v` (add or override), so a Trainer argument or optimizer keyword
-    that no YAML lists yet is accepted by Hydra and judged by our schema, which names the
-    closest known key instead of Hydra's hint to add it with `+`."""
-    opened = []
-    for item in overrides:
-        name = item.split("=", 1)[0]
-        plain = "=" in item and "." in name and not name.startswith(("+", "~", "hydra.", "hydra/"))
-        opened.append(f"++{item}" if plain and "/" not in name else item)
-    return opened
+# Groups whose keys are the keywords of a `_target_`: a key no YAML lists may be added.
+OPEN_GROUPS = ("optim", "scheduler", "trainer", "logger", "callbacks", "model")
 
 
 def compose(overrides: list[str]) -> DictConfig:
     """Build the run config from conf/ plus Hydra overrides, as `train.py` would."""
+    return compose_with(overrides)[0]
+
+
+def compose_with(overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """(config, the overrides as given to Hydra). A key of an open group that no YAML lists
+    (`trainer.deterministic=true`) is passed as `++key=value` (add or override); any other
+    unknown key is refused with the closest known one, never with Hydra's advice to add it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=ROOT_CONFIG, overrides=open_overrides(list(overrides)))
-    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. `group=null`
-        raise ConfigError(_explain(str(err))) from err
+    given = [_null_group(item) for item in overrides]
+    while True:
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                return hydra_compose(config_name=ROOT_CONFIG, overrides=given), given
+        except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. `group=null`
+            found = re.search(r"Could not override '([^']+)'", str(err))
+            position = _position(given, found.group(1)) if found else None
+            if position is None:
+                raise ConfigError(_explain(str(err))) from err
+            given[position] = "++" + given[position]
+
+
+def _null_group(item: str) -> str:
+    """`logger=null` (the template's way to turn a group off) is Hydra's `~logger`."""
+    name, _, value = item.partition("=")
+    return f"~{name}" if value == "null" and name in groups() else item
+
+
+def as_added(item: str) -> str:
+    """`item` as Hydra should get it when our compose cannot run first (train.py with Hydra's
+    own flags): `logger=null` -> `~logger`, a key of an open group -> `++key=value`."""
+    item = _null_group(item)
+    key = item.split("=", 1)[0]
+    if "=" in item and "." in key and not key.startswith(("+", "~")) and _is_open(key):
+        return "++" + item
+    return item
+
+
+def _is_open(key: str) -> bool:
+    return key.split(".")[0] in OPEN_GROUPS and not key.startswith("callbacks.model_checkpoint.")
+
+
+def _position(overrides: list[str], key: str) -> int | None:
+    """Where `key=...` is in `overrides`, if it is a key of an open group that may be added."""
+    if not _is_open(key):
+        return None
+    return next((i for i, item in enumerate(overrides) if item.split("=", 1)[0] == key), None)
 
 
 def _explain(message: str) -> str:

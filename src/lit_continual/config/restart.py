@@ -53,6 +53,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def _same_target(key: str, old: object, new: object) -> bool:
+    """`torch.optim.AdamW` and `torch.optim.adamw.AdamW` name the same class."""
+    if not key.endswith("._target_"):
+        return False
+    from hydra.utils import get_object
+
+    try:
+        return get_object(str(old)) is get_object(str(new))
+    except Exception:
+        return False
+
+
 def check_unchanged(saved: dict, cfg: DictConfig) -> None:
     """Refuse a restart whose config differs from the run's (stored in its checkpoint).
 
@@ -60,7 +72,7 @@ def check_unchanged(saved: dict, cfg: DictConfig) -> None:
     behaviour as default), except run-defining targets, which an old config implies.
     """
     old, new = _flatten(migrate(saved)), _flatten(OmegaConf.to_container(cfg, resolve=True))
-    changed = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    changed = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and not _same_target(k, old[k], new[k])]
     fixed = [k for k in changed if classify(k) == "run-defining"]
     adjustable = [k for k in changed if classify(k) == "adjustable"]
 

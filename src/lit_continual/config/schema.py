@@ -15,6 +15,10 @@ from typing import Any, ClassVar
 from lit_continual.config.errors import ConfigError, did_you_mean
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Lightning 2.6's precision values (lightning.fabric.plugins.precision.precision), spelled here
+# so that a bad one is refused before torch is imported.
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
 FORMATS = ("auto", "text", "prompt_completion", "messages")
 # Trainer arguments the daemon sets itself (components.trainer passes them at call time).
 TRAINER_OWNED = ("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "barebones",
@@ -49,6 +53,10 @@ def below_one(value: float) -> str | None:
 
 def one_of(*choices: str) -> typing.Callable[[str], str | None]:
     return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def true(value: bool) -> str | None:
+    return None if value is True else "must be true (the daemon binds the rest at call time)"
 
 
 def not_empty(value: list) -> str | None:
@@ -90,7 +98,7 @@ class Optim:
     """A torch.optim class, bound to the adapter's parameters at call time."""
     OPEN: ClassVar[bool] = True
     _target_: str = key()
-    _partial_: bool = key()
+    _partial_: bool = key(true)
     lr: float = key(positive)
 
 
@@ -99,7 +107,7 @@ class Scheduler:
     """A pure function of the global step that multiplies optim.lr."""
     OPEN: ClassVar[bool] = True
     _target_: str = key()
-    _partial_: bool = key()
+    _partial_: bool = key(true)
     warmup_steps: int = key(at_least(0), optional=True)
 
 
@@ -109,7 +117,8 @@ class Trainer:
     OPEN: ClassVar[bool] = True
     _target_: str = key()
     accelerator: str = key()
-    precision: Any = key()
+    precision: Any = key(lambda value: None if str(value) in PRECISIONS else f"must be null or one of "
+                         f"{', '.join(PRECISIONS)}")
     accumulate_grad_batches: int = key(positive)
     gradient_clip_val: float | None = key(at_least(0))
     num_threads: int = key(positive)
