@@ -6,6 +6,7 @@ the test-only fault hook (LIT_CONTINUAL_FAULT=point@step: the process SIGKILLs i
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -20,6 +21,7 @@ from lit_continual.safe_load import load_tensors
 from tests.conftest import EXACT, EXACT_LINES, claimed, fill_exact, log_text, newest, run_daemon, trainer_state
 
 KILL_SEED = 2026
+LOGGERS = ("logger=[tensorboard,csv]",)  # the CSV log is run state a kill must not corrupt
 
 
 def kill_plan(seed: int) -> list[str]:
@@ -41,14 +43,14 @@ def killed(tmp_path_factory) -> Path:
     plan = kill_plan(KILL_SEED)
     print(f"kill plan (seed {KILL_SEED}): {plan}")
     for fault in plan:
-        result = run_daemon(base, *EXACT, fault=fault)
+        result = run_daemon(base, *EXACT, *LOGGERS, fault=fault)
         assert result.returncode == -signal.SIGKILL, f"{fault} did not fire:\n{result.stdout}{result.stderr}"
         if fault.startswith("before-delete"):
             # An archiver's hard link and a chmod change the trained file's ctime: still not new.
             (trained,) = claimed(base, "one.jsonl")
             os.link(trained, base / "archived-one.jsonl")
             os.chmod(trained, 0o600)
-    result = run_daemon(base, *EXACT)
+    result = run_daemon(base, *EXACT, *LOGGERS)
     assert result.returncode == 0, result.stdout + result.stderr
     return base
 
@@ -91,3 +93,14 @@ def test_no_temp_or_trash_left_and_tensorboard_not_doubled(killed):
 def test_unrelated_kills_never_trip_the_crash_guard(killed):
     assert not (killed / "failed").exists() or not list((killed / "failed").iterdir())
     assert "died while training" in log_text(killed)
+
+
+def test_csv_log_after_kills_keeps_the_runs_curve(reference, killed):
+    """Rows a killed process wrote after its last checkpoint stay; the resumed process writes
+    those steps again, and the last row of each step is the uninterrupted run's value."""
+    with open(killed / "csv" / "metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["train/loss"]]
+    last = {int(r["step"]): float(r["train/loss"]) for r in rows}
+    expected = {e["step"]: e["loss"] for e in trainer_state(newest(reference))["log_history"]}
+    assert sorted(last) == sorted(expected) and len(rows) > len(expected), "kills mid-file repeat some steps"
+    assert all(abs(last[step] - loss) <= 1e-6 for step, loss in expected.items())

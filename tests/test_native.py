@@ -240,3 +240,30 @@ def test_csv_rows_are_on_disk_as_they_are_logged(tmp_path: Path):
                       "+callbacks.watch._target_=tests.test_native.CsvWatcher",
                       f"+callbacks.watch.path={base / 'csv' / 'metrics.csv'}") == 0
     assert (base / "csv" / "rows_at_step_5").read_text() == "5"
+
+
+def test_callback_state_keys_do_not_depend_on_class_names(tmp_path: Path):
+    """Renaming a callback class must not orphan its state in existing checkpoints."""
+    from lit_continual.callbacks import (
+        Checkpointer,
+        FileLifecycle,
+        LoggerRuns,
+        LossHistory,
+        NonFiniteGuard,
+        RngState,
+    )
+    from lit_continual.context import RunContext
+    from lit_continual.status import Status
+    from lit_continual.storage import Backoff
+
+    ctx = RunContext(tmp_path, None, Status(tmp_path), None)
+    guard = NonFiniteGuard(3)
+    made = {RngState: RngState(), NonFiniteGuard: guard, LossHistory: LossHistory(1, 1, ctx.status, guard),
+            FileLifecycle: FileLifecycle(None, ctx), LoggerRuns: LoggerRuns({}),
+            Checkpointer: Checkpointer(ctx, 1, 1, 0, Backoff(1, 2))}
+    expected = {RngState: "RngState", NonFiniteGuard: "NonFiniteGuard", LossHistory: "LossHistory",
+                FileLifecycle: "FileLifecycle", LoggerRuns: "LoggerRuns", Checkpointer: "ModelCheckpoint"}
+    for cls, instance in made.items():
+        renamed = type("Renamed", (cls,), {})
+        instance.__class__ = renamed
+        assert instance.state_key == expected[cls], cls
