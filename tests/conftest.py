@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from lit_continual.sample_data import sentence
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["daemon.settle_seconds=0.1", "daemon.poll_seconds=0.1"]
+# A line of our own log (stderr and logs/); anything else printed is a library's noise.
+OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -202,8 +202,8 @@ def test_daemon_cfg_prints_the_resolved_config_and_help_lists_the_groups(tmp_pat
 def test_train_py_config_errors_exit_2_with_our_message(tmp_path: Path):
     for overrides, text in ((["data.batchsize=3"], "did you mean `data.batch_size`?"),
                             (["trainer.max_steps=3"], "trainer.max_steps cannot be set")):
-        result = subprocess.run([sys.executable, "train.py", f"base_dir={tmp_path / 'run'}", *overrides],
-                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        result = subprocess.run([sys.executable, str(REPO / "train.py"), f"base_dir={tmp_path / 'run'}", *overrides],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert text in result.stderr
 

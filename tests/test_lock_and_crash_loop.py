@@ -28,7 +28,8 @@ def test_second_daemon_exits_3_naming_the_holder_and_writes_nothing(base: Path):
         assert second.returncode == 3
         assert f"is locked by pid {holder.pid}" in second.stderr
         script = subprocess.run([sys.executable, "train.py", "data=inbox_file", f"data.path={REPO / 'README.md'}",
-                                 f"base_dir={base}"], capture_output=True, text=True, timeout=60, cwd=REPO)
+                                 f"base_dir={base}", f"hydra.run.dir={base.parent / 'hydra'}"],
+                                capture_output=True, text=True, timeout=60, cwd=REPO)
         assert script.returncode == 3 and "locked" in script.stderr
         after = {k: v for k, v in _tree(base).items() if "status" not in k and "logs" not in k}
         assert after == before

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from tests.conftest import REPO, log_text, newest, trainer_state, write_jsonl
+from tests.conftest import OUR_LINE, REPO, log_text, newest, trainer_state, write_jsonl
 
 
 def _train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "data=inbox_file", *overrides],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    # From a scratch directory: Hydra's default outputs/ must never land in the repository.
+    return subprocess.run([sys.executable, str(REPO / "train.py"), "data=inbox_file", *overrides],
+                          capture_output=True, text=True, timeout=300, cwd=tempfile.mkdtemp(prefix="train-py-"))
 
 
 def test_train_py_runs_in_hydra_output_dir_then_continues_with_base_dir(tmp_path: Path):
@@ -24,6 +26,8 @@ def test_train_py_runs_in_hydra_output_dir_then_continues_with_base_dir(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     assert trainer_state(newest(job_dir))["global_step"] == 50
     assert first.exists(), "train.py never deletes its input file"
+    printed = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert all(OUR_LINE.match(line) for line in printed), "only our own log lines, once (no banners, no Hydra copy)"
 
     result = _train(f"data.path={second}", f"base_dir={job_dir}", "data.batch_size=4",
                     f"hydra.run.dir={tmp_path / 'other'}")

@@ -1,3 +1,3 @@
 """lit-continual: one LoRA adapter that keeps learning from a stream of JSONL files."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lit_continual import __version__
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose, prepare
 from lit_continual.config.compose import groups
 
@@ -50,6 +51,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lit-continual", description=__doc__)
+    root.add_argument("--version", action="version", version=f"lit-continual {__version__}")
     sub = root.add_subparsers(dest="command", required=True)
     daemon = sub.add_parser("daemon", help="watch DIR/inbox and train on every file that lands",
                             epilog=_groups_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,11 +60,12 @@ def parser() -> argparse.ArgumentParser:
     daemon.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optim.lr=1e-3")
     daemon.set_defaults(func=_daemon)
     sample = sub.add_parser("sample-data", help="write generated English-like JSONL files")
-    sample.add_argument("inbox", help="directory to write into (e.g. DIR/inbox)")
-    sample.add_argument("--files", type=int, default=3)
-    sample.add_argument("--lines", type=int, default=1000)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--prefix", default="batch")
+    sample.add_argument("inbox", help="directory to write into (e.g. DIR/inbox); created if missing")
+    sample.add_argument("--files", type=int, default=3, help="how many files to write (default: 3)")
+    sample.add_argument("--lines", type=int, default=1000, help="JSON lines ({\"text\": ...}) per file (default: 1000)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the first file; file i uses seed + i (default: 0)")
+    sample.add_argument("--prefix", default="batch", help="file names are PREFIX_1.jsonl, PREFIX_2.jsonl, ... "
+                        "(default: batch)")
     sample.set_defaults(func=_sample_data)
     report = sub.add_parser("report", help="print the verification report of a base dir")
     report.add_argument("--base-dir", required=True)

@@ -132,4 +132,15 @@ def setup(base_dir: Path) -> logging.Logger:
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers = logger.handlers[:1]
+    quiet_libraries()
     return logger
+
+
+def quiet_libraries() -> None:
+    """Lightning's banners and tips ("GPU available", "💡 Tip: ...") are INFO lines of its
+    rank_zero loggers, printed once by Lightning and again by Hydra's root handler: keep only
+    its warnings and errors. Our own log says what the run does."""
+    # The rank_zero loggers themselves: importing lightning.pytorch sets its package logger to
+    # INFO again, but never these.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)

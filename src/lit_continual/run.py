@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_continual import logs
+from lit_continual import __version__, logs
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, prepare
 from lit_continual.context import RunContext
 from lit_continual.crash_guard import CrashGuard
@@ -54,12 +54,13 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     status = Status(base_dir)
     stop = StopRequest(base_dir / ".stop")
     stop.install()
-    log.info("lit-continual starting in %s (pid %d)", base_dir, status.fields["pid"])
+    log.info("lit-continual starting in %s (pid %d, version %s)", base_dir, status.fields["pid"], __version__)
     if stop.stop_file.exists():
         log.info("%s is present: exiting without training (remove it to start)", stop.stop_file)
         status.update(status="stopped", write=True)
         return EXIT_OK
     status.update(status="starting", write=True)
+    log.info("%s", _plan(cfg, base_dir))
     log.info("Config: %s", _summary(cfg))
     stop.watch(cfg.daemon.poll_seconds)
     guard = CrashGuard(base_dir, cfg.daemon.max_crashes)
@@ -91,6 +92,20 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
                   write=True)
     log.info("Stopped at step %d", status.fields["current_step"])
     return EXIT_OK
+
+
+def _plan(cfg: DictConfig, base_dir: Path) -> str:
+    """What this process will do, in one line (the first thing an operator reads)."""
+    saving = cfg.callbacks.model_checkpoint
+    checkpoints = (f"checkpoints into {base_dir / 'current_model'} every {saving.every_n_train_steps} steps "
+                   f"and at each file end (newest {saving.save_top_k} kept)")
+    if cfg.data.source == "file":
+        return (f"Will train model {cfg.model.name} on {cfg.data.path} as the next segment of this run, "
+                f"then exit; {checkpoints}")
+    inbox = base_dir / "inbox"
+    waiting = sum(1 for p in inbox.glob("*.jsonl") if not p.name.startswith("."))
+    return (f"Will train model {cfg.model.name} on every *.jsonl file that lands in {inbox} ({waiting} waiting "
+            f"now); {checkpoints}; stop: touch {base_dir / '.stop'} or SIGTERM")
 
 
 def _summary(cfg: DictConfig) -> str:

@@ -40,6 +40,9 @@ def ensure_converted(cache_dir: Path) -> Path:
         return cache_dir
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     source = gguf_path()
     log.info("Converting %s to an fp32 model in %s (once)", source.name, cache_dir)

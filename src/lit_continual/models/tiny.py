@@ -66,6 +66,9 @@ def ensure_saved(cfg: DictConfig | SimpleNamespace, directory: Path) -> Path:
     """Build the tiny base into `directory` once (atomically); later calls reuse it."""
     if (directory / "config.json").is_file():
         return directory
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars are not for operators
     tmp = directory.with_name(f".tmp-{directory.name}")
     tokenizer = build_tokenizer()
     build_model(cfg, tokenizer).save_pretrained(tmp)
