@@ -7,8 +7,9 @@ CONSTRAINTS := constraints.txt
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 # torch is installed first and then kept: a venv whose python already imports torch (a CUDA
 # build you put there, or one from `python3 -m venv --system-site-packages` on a GPU box) is
-# left as it is. Without one, TORCH is installed: by default the CPU build of 2.13.0; on a GPU
-# machine, e.g.  make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# left as it is. Without one, TORCH is installed: torch==2.13.0 as the pip index serves it (a
+# CPU-only index: the CPU build; PyPI on Linux: a CUDA build). To choose, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 TORCH  ?= torch==2.13.0
 # `make demo` deletes and recreates DEMO_DIR, and refuses to delete a directory it did not
 # make (one without its marker file). BASE_DIR is any run's base dir, for `make tensorboard`.

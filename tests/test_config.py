@@ -174,8 +174,8 @@ def test_other_optimizer_class_by_target_and_removed_keys_trains(tmp_path: Path)
 
 
 def test_restart_of_an_old_adamw_run_with_another_optimizer_is_refused(tmp_path: Path):
-    saved = {"optim": {"lr": 3e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
-             "scheduler": {"name": "warmup_constant", "warmup_steps": 20}}
+    # The config a 0.1 run saved (AdamW implied, the schedule by name), as the fixture holds it.
+    saved = json.loads((REPO / "tests/fixtures/base_dir_v0_1/current_model/checkpoint-2/run_config.json").read_text())
     check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}"])))  # the same run, today's keys
     with pytest.raises(ConfigError, match="optim._target_"):
         check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "optim=sgd"])))
@@ -183,6 +183,13 @@ def test_restart_of_an_old_adamw_run_with_another_optimizer_is_refused(tmp_path:
         check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "scheduler=constant"])))
     # The same class by another path is the same optimizer.
     check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "optim._target_=torch.optim.adamw.AdamW"])))
+    # A key the run did not have is a change too (adjustable: accepted only when allowed).
+    with pytest.raises(ConfigError, match=r"trainer.deterministic \('\(absent\)' -> True\)"):
+        check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "trainer.deterministic=true"])))
+    check_unchanged(saved, prepare(compose([f"base_dir={tmp_path}", "trainer.deterministic=true",
+                                            "run.allow_config_change=true"])))
+    old_constant = {**saved, "scheduler": {"name": "constant", "warmup_steps": 0}}
+    check_unchanged(old_constant, prepare(compose([f"base_dir={tmp_path}", "scheduler=constant"])))
 
 
 def test_daemon_cfg_prints_the_resolved_config_and_help_lists_the_groups(tmp_path: Path):
@@ -196,7 +203,8 @@ def test_daemon_cfg_prints_the_resolved_config_and_help_lists_the_groups(tmp_pat
     assert not base.exists()
     helped = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
     for group, options in groups().items():
-        assert f"{group}:" in helped.stdout and ", ".join(options) in helped.stdout
+        assert f"{group}:" in helped.stdout and ", ".join(options) in helped.stdout.replace("*", "")
+    assert "model:       tiny*, hf, smollm2" in helped.stdout
 
 
 def test_train_py_config_errors_exit_2_with_our_message(tmp_path: Path):

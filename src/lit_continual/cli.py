@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lit_continual import __version__
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, compose, prepare
-from lit_continual.config.compose import groups
+from lit_continual.config.compose import defaults, groups
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -18,15 +18,18 @@ def _daemon(args: argparse.Namespace) -> int:
 
     cfg = compose([f"base_dir={Path(args.base_dir).resolve()}", *args.overrides])
     if args.cfg:  # like Hydra's --cfg job: the resolved, checked config; nothing runs
-        print(OmegaConf.to_yaml(prepare(cfg), resolve=True), end="")
+        print(OmegaConf.to_yaml(prepare(cfg, check_paths=False), resolve=True), end="")
         return 0
     return train(cfg)
 
 
 def _groups_help() -> str:
-    lines = ["config groups (choose one with GROUP=OPTION, e.g. logger=csv; several: logger=[tensorboard,csv]):"]
+    lines = ["config groups, * = default (choose with GROUP=OPTION, e.g. logger=csv; several: "
+             "logger=[tensorboard,csv]):"]
+    chosen = defaults()
     for group, options in groups().items():
-        lines.append(f"  {group + ':':<12} {', '.join(options)}")
+        shown = [f"{o}*" if o == chosen.get(group) else o for o in options]
+        lines.append(f"  {group + ':':<12} {', '.join(shown)}")
     lines.append("any key: GROUP.KEY=VALUE (e.g. optim.lr=1e-3, trainer.deterministic=true); "
                  "print the result: daemon --base-dir DIR --cfg [overrides]")
     return "\n".join(lines)

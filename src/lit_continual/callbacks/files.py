@@ -121,7 +121,8 @@ class FileLifecycle(CheckpointListener, L.Callback):
         # An epoch ends whenever the feed has nothing ready; stop only if asked or drained.
         self.ctx.guard.idle()
         if self.ctx.stop.requested or self.dm.feed.finished:
-            self._stop(trainer, self.ctx.stop.reason if self.ctx.stop.requested else "inbox drained")
+            done = "file done" if self.dm.single_file else "inbox drained"
+            self._stop(trainer, self.ctx.stop.reason if self.ctx.stop.requested else done)
 
     def _stop(self, trainer: L.Trainer, why: str) -> None:
         """Stop at this step; the checkpointer (called after this callback) saves it."""

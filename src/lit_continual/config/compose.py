@@ -23,9 +23,16 @@ SCHEDULES = {"warmup_constant": "lit_continual.schedule.warmup_constant",
 
 
 def groups() -> dict[str, list[str]]:
-    """Each config group and its options (conf/<group>/<option>.yaml)."""
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+    """Each config group and its options (conf/<group>/<option>.yaml), the default first."""
+    chosen = defaults()
+    return {d.name: sorted((p.stem for p in d.glob("*.yaml")), key=lambda o: (o != chosen.get(d.name), o))
             for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
+
+
+def defaults() -> dict[str, str | None]:
+    """The option each group takes unless told otherwise (the root config's defaults list)."""
+    listed = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{ROOT_CONFIG}.yaml")).get("defaults", [])
+    return {k: v for item in listed if isinstance(item, dict) for k, v in item.items()}
 
 
 # Groups whose keys are the keywords of a `_target_`: a key no YAML lists may be added.
@@ -101,8 +108,9 @@ def _siblings(name: str) -> list[str]:
     return [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == prefix]
 
 
-def prepare(cfg: DictConfig) -> DictConfig:
-    """Normalize aliases, check the schema and the paths; ConfigError names the first bad key."""
+def prepare(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
+    """Normalize aliases, check the schema and (unless told not to: `--cfg` previews configs
+    for other machines) the paths; ConfigError names the bad keys."""
     cfg = cfg.copy()
     with open_dict(cfg):
         _apply_aliases(cfg)
@@ -112,7 +120,8 @@ def prepare(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"cannot resolve the config: {err}") from err
     schema.check(container)
     _check_consistent(cfg)
-    _check_paths(cfg)
+    if check_paths:
+        _check_paths(cfg)
     return cfg
 
 

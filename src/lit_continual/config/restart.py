@@ -21,6 +21,9 @@ OPERATIONAL = ("base_dir", "run", "daemon", "logging", "checkpoint", "callbacks"
 ADJUSTABLE = ("optim", "scheduler", "trainer")
 
 
+ABSENT = "(absent)"  # how a key one side does not have is shown and compared
+
+
 def classify(key: str) -> str | None:
     """'run-defining', 'operational' or 'adjustable' for a dotted key (None: unclassified)."""
     for name, keys in (("run-defining", RUN_DEFINING), ("operational", OPERATIONAL), ("adjustable", ADJUSTABLE)):
@@ -33,12 +36,16 @@ def migrate(saved: dict) -> dict:
     """A run config saved by an older version, in today's keys (old runs used AdamW and named
     their schedule), so that a change of optimizer class or schedule is still caught."""
     saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
-    optim, scheduler = saved.get("optim"), saved.get("scheduler")
+    optim, scheduler, model = saved.get("optim"), saved.get("scheduler"), saved.get("model")
     if isinstance(optim, dict) and "_target_" not in optim:
         optim.update(_target_="torch.optim.AdamW", _partial_=True)
     if isinstance(scheduler, dict) and "name" in scheduler:
-        scheduler["_target_"] = f"lit_continual.schedule.{scheduler.pop('name')}"
-        scheduler["_partial_"] = True
+        name = scheduler.pop("name")
+        scheduler.update(_target_=f"lit_continual.schedule.{name}", _partial_=True)
+        if name == "constant" and scheduler.get("warmup_steps") == 0:
+            del scheduler["warmup_steps"]  # today's constant preset has no warmup key: the same schedule
+    if isinstance(model, dict) and "_target_" not in model and "name" in model:
+        model["_target_"] = f"lit_continual.models.{model['name']}.load"
     return saved
 
 
@@ -68,16 +75,19 @@ def _same_target(key: str, old: object, new: object) -> bool:
 def check_unchanged(saved: dict, cfg: DictConfig) -> None:
     """Refuse a restart whose config differs from the run's (stored in its checkpoint).
 
-    Keys present on only one side are ignored (a newer version may add keys with the old
-    behaviour as default), except run-defining targets, which an old config implies.
+    A run-defining or adjustable key present on one side only (`trainer.deterministic=true`
+    added, `optim.nesterov` dropped) is a change too; an older run's config is first read in
+    today's keys (`migrate`). Operational keys may come and go.
     """
     old, new = _flatten(migrate(saved)), _flatten(OmegaConf.to_container(cfg, resolve=True))
-    changed = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and not _same_target(k, old[k], new[k])]
+    keys = sorted(old.keys() | new.keys())
+    changed = [k for k in keys if old.get(k, ABSENT) != new.get(k, ABSENT)
+               and not (k in old and k in new and _same_target(k, old[k], new[k]))]
     fixed = [k for k in changed if classify(k) == "run-defining"]
     adjustable = [k for k in changed if classify(k) == "adjustable"]
 
     def describe(keys: list[str]) -> str:
-        return ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in keys)
+        return ", ".join(f"{k} ({old.get(k, ABSENT)!r} -> {new.get(k, ABSENT)!r})" for k in keys)
 
     if fixed:
         raise ConfigError(f"the run in {cfg.base_dir} was started with other values for keys that define "

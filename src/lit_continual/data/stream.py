@@ -176,7 +176,8 @@ class ContinualDataModule(L.LightningDataModule):
         rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
                           judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing))
-        if cfg.data.source == "file":
+        self.single_file = cfg.data.source == "file"  # train.py's mode: one file, then exit
+        if self.single_file:
             self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules, ctx.stop)
         else:
             inbox = Inbox(ctx.base_dir, cfg.daemon.settle_seconds, cfg.daemon.poll_seconds)
