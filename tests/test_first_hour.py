@@ -43,7 +43,8 @@ def test_readme_quickstart_and_checkpoint_example_run_as_written(tmp_path: Path)
             if command.startswith("make "):
                 subprocess.run(command, shell=True, cwd=REPO, check=True, capture_output=True, timeout=600)
             elif command.endswith("&"):
-                daemon = subprocess.Popen(command[:-1], shell=True, cwd=tmp_path, stdout=subprocess.PIPE,
+                # `exec`: the daemon is the process we hold (a kill must not orphan it behind a shell).
+                daemon = subprocess.Popen(f"exec {command[:-1]}", shell=True, cwd=tmp_path, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True)
                 wait_for(lambda: (tmp_path / "run" / "status" / "training_status.json").exists()
                          and status(tmp_path / "run")["status"] == "idle"
@@ -60,6 +61,7 @@ def test_readme_quickstart_and_checkpoint_example_run_as_written(tmp_path: Path)
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
+            daemon.wait()
     assert not (tmp_path / "run" / "inbox" / "my_data.jsonl").exists()
     err = daemon.stderr.read()
     lines = [line for line in err.splitlines() if line.strip()]
