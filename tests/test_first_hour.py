@@ -101,3 +101,16 @@ def test_version_is_one_fact_and_sample_data_options_are_explained():
                             text=True, timeout=60).stdout
     for option in ("--files", "--lines", "--seed", "--prefix"):
         assert re.search(rf"{option} \w+\s+\S", helped), f"{option} has no help text"
+
+
+def test_every_configuration_example_in_the_readme_composes_and_validates(tmp_path: Path):
+    from lit_continual.config import compose, prepare
+
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[3] for line in section.splitlines() if line.startswith("| `")]
+    examples = [code for cell in rows for code in re.findall(r"`([^`]+)`", cell)]
+    assert len(examples) >= 12
+    for example in examples:
+        extra = [f"model.cache_dir={tmp_path}"] if "smollm2" in example else []
+        cfg = prepare(compose([f"base_dir={tmp_path / 'run'}", *example.split(), *extra]), check_paths=False)
+        assert cfg is not None, example
