@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_continual.config import schema
+from lit_continual.config import schema, validate
 from lit_continual.config.errors import ConfigError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -104,7 +104,7 @@ def _explain(message: str) -> str:
 
 def _siblings(name: str) -> list[str]:
     prefix = name.rpartition(".")[0]
-    keys = schema.known_keys(schema.Root)
+    keys = validate.known_keys(schema.Root)
     return [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == prefix]
 
 
@@ -118,7 +118,7 @@ def prepare(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         container = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # a bad interpolation: ${oc.env:...} without the variable, ...
         raise ConfigError(f"cannot resolve the config: {err}") from err
-    schema.check(container)
+    validate.check(container)
     _check_consistent(cfg)
     if check_paths:
         _check_paths(cfg)
