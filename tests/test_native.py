@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -24,8 +25,7 @@ class Recorder(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         saver = trainer.checkpoint_callback
-        self.seen.update(checkpoint_callback=type(saver).__mro__[1].__name__ if saver else None,
-                         is_model_checkpoint=isinstance(saver, ModelCheckpoint),
+        self.seen.update(is_model_checkpoint=isinstance(saver, ModelCheckpoint),
                          last_model_path=saver.last_model_path, best_model_path=saver.best_model_path,
                          every=saver._every_n_train_steps, top_k=saver.save_top_k)
 
@@ -160,7 +160,8 @@ def test_a_new_model_kind_is_a_loader_named_in_config(tmp_path: Path):
 
 # -- the seams between the checkpointer and the file lifecycle ------------------------------
 
-def test_stop_asked_while_a_checkpoint_is_written_trains_nothing_more(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("how", [".stop file", "SIGTERM"])
+def test_stop_asked_while_a_checkpoint_is_written_trains_nothing_more(tmp_path: Path, monkeypatch, how):
     from lit_continual.checkpoints import DirectoryCheckpointIO
 
     base = tmp_path / "run"
@@ -171,12 +172,15 @@ def test_stop_asked_while_a_checkpoint_is_written_trains_nothing_more(tmp_path: 
 
     def save_while_stop_arrives(self, checkpoint, path, storage_options=None):
         save(self, checkpoint, path, storage_options)
-        (base / ".stop").touch()  # the operator's stop lands during the write
+        if how == "SIGTERM":  # a service manager's stop lands during the write
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            (base / ".stop").touch()  # the operator's stop lands during the write
 
     monkeypatch.setattr(DirectoryCheckpointIO, "save_checkpoint", save_while_stop_arrives)
     assert train_here(base, "callbacks.model_checkpoint.every_n_train_steps=1000") == 0
     assert [p.name for p in checkpoints(base)] == ["checkpoint-10"]
-    assert "Stopping (.stop file) at step 10" in log_text(base) and "File b.jsonl" not in log_text(base)
+    assert f"Stopping ({how}) at step 10" in log_text(base) and "File b.jsonl" not in log_text(base)
     assert under_inbox(base, "b.jsonl") and not under_inbox(base, "a.jsonl")
 
 

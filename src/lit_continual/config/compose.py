@@ -17,9 +17,6 @@ from lit_continual.config.errors import ConfigError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROOT_CONFIG = "train"
-# Built-in schedules by their old `scheduler.name`.
-SCHEDULES = {"warmup_constant": "lit_continual.schedule.warmup_constant",
-             "constant": "lit_continual.schedule.constant"}
 
 
 def groups() -> dict[str, list[str]]:
@@ -139,10 +136,11 @@ def _apply_aliases(cfg: DictConfig) -> None:
     scheduler = cfg.get("scheduler")
     if scheduler is not None and "name" in scheduler:
         name = scheduler.pop("name")
-        if name not in SCHEDULES:
+        if name not in groups()["scheduler"]:
             raise ConfigError(f"scheduler.name={name!r}: unknown schedule; choose scheduler=<one of "
                               f"{', '.join(groups()['scheduler'])}> or set scheduler._target_")
-        scheduler["_target_"] = SCHEDULES[name]
+        # The old name is the preset's: its `_target_` comes from conf/scheduler/<name>.yaml.
+        scheduler["_target_"] = OmegaConf.load(CONF_DIR / "scheduler" / f"{name}.yaml")._target_
         scheduler.setdefault("_partial_", True)
 
 

@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from lit_continual.config.schema import DTYPES as DTYPE_NAMES
 from lit_continual.models import LoadedModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # the names the schema accepts
 
 
 def load(base_dir: Path, path: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
