@@ -41,7 +41,8 @@ demo: install
 	mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/$(DEMO_MARK)
 	$(BIN)/lit-continual sample-data $(DEMO_DIR)/inbox --files 3 --lines 1000
 	$(BIN)/lit-continual daemon --base-dir $(DEMO_DIR) daemon.exit_when_idle=true
-	$(BIN)/lit-continual report --base-dir $(DEMO_DIR)
+	$(BIN)/lit-continual verify --base-dir $(DEMO_DIR)
+	$(BIN)/lit-continual history --base-dir $(DEMO_DIR)
 
 # Nothing may be written into the repository: no bytecode, no pytest cache, no Hydra outputs/
 # (checked against git's view of the tree before and after).

@@ -152,6 +152,29 @@ def train_here(base: Path, *overrides: str) -> int:
     return train(compose([f"base_dir={base}", *FAST, *overrides]))
 
 
+def trained_once(root: Path, lines: int = 48) -> Path:
+    """A base dir whose in-process daemon run trained one `lines`-line file (48: checkpoint-6),
+    for a module-scoped fixture (pytest's own signal handlers are given back)."""
+    from lit_continual.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    base = root / "run"
+    write_jsonl(base / "inbox" / "a.jsonl", lines, seed=1)
+    assert main(["daemon", "--base-dir", str(base), "daemon.exit_when_idle=true", *FAST]) == 0
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    return base
+
+
+def copied(base: Path, to: Path) -> Path:
+    """A private copy of a trained base dir (its checkpoints still name the shared base model)."""
+    import shutil
+
+    copy = to / "run"
+    shutil.copytree(base, copy, ignore=shutil.ignore_patterns("tensorboard", "logs"))
+    return copy
+
+
 def one_file(path: Path, *overrides: str) -> list[str]:
     return ["data=inbox_file", f"data.path={path}", *overrides]
 

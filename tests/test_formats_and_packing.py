@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from lit_continual.data.records import IGNORE, BadLine, Encoder, RecordSpec, collate, collate_packed
 from lit_continual.models import apply_lora, tiny
+from lit_continual.run import EXIT_STOPPED
 from lit_continual.sample_data import sentence
 from tests.conftest import newest, one_file, stop_after, train_here, trainer_state
 
@@ -172,7 +173,7 @@ def test_packed_run_has_exact_steps_and_resumes_bit_identical(tmp_path: Path, mo
 
     stopped = tmp_path / "stopped"
     stop_after(monkeypatch, 8)
-    assert train_here(stopped, *one_file(data, *PACKED)) == 0
+    assert train_here(stopped, *one_file(data, *PACKED)) == EXIT_STOPPED  # stopped before the file's end
     assert 0 < trainer_state(newest(stopped))["global_step"] < steps
     monkeypatch.undo()
     assert train_here(stopped, *one_file(data, *PACKED)) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lit_continual.run import EXIT_STOPPED
 from lit_continual.safe_load import load_tensors
 from tests.conftest import claimed, log_text, newest, one_file, stop_after, train_here, trainer_state, write_jsonl
 
@@ -28,7 +29,7 @@ def test_unfinished_file_must_be_finished_before_another(tmp_path: Path, monkeyp
     a = write_jsonl(tmp_path / "a.jsonl", 400, seed=1)
     b = write_jsonl(tmp_path / "b.jsonl", 40, seed=2)
     stop_after(monkeypatch, 20)
-    assert train_here(base, *one_file(a)) == 0
+    assert train_here(base, *one_file(a)) == EXIT_STOPPED  # stopped before the file's end
     stopped_at = trainer_state(newest(base))["global_step"]
     assert 0 < stopped_at < 50
     monkeypatch.undo()

@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_continual.run import EXIT_STOPPED
 from tests.conftest import checkpoints, log_text, newest, train_here, trainer_state, under_inbox, write_jsonl
 
 
@@ -198,8 +199,9 @@ class StopAtBatch(L.Callback):
 def test_a_user_callbacks_stop_mid_window_loses_and_repeats_nothing(tmp_path: Path):
     base, data = tmp_path / "run", write_jsonl(tmp_path / "a.jsonl", 40, seed=1)
     window = ("data.batch_size=4", "trainer.accumulate_grad_batches=2")
+    # The file is not finished: train.py says so with its own exit code (run.EXIT_STOPPED).
     assert train_here(base, "data=inbox_file", f"data.path={data}", *window, "+callbacks.stop._target_="
-                      "tests.test_native.StopAtBatch", "+callbacks.stop.at=4") == 0
+                      "tests.test_native.StopAtBatch", "+callbacks.stop.at=4") == EXIT_STOPPED
     ledger = json.loads((newest(base) / "ledger.json").read_text())
     assert newest(base).name == "checkpoint-2" and ledger["current"]["examples_trained"] == 16
     assert train_here(base, "data=inbox_file", f"data.path={data}", *window) == 0

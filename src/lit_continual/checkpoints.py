@@ -10,7 +10,6 @@ Every .pt loads with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from lit_continual import atomic, faults
 from lit_continual.config.errors import ConfigError
+from lit_continual.layout import sha256_file
 from lit_continual.safe_load import load_tensors
 from lit_continual.storage import StorageFault
 
@@ -39,6 +39,9 @@ TRAINER_STATE, LEDGER, RUN_STATE, MANIFEST = "trainer_state.json", "ledger.json"
 RUN_CONFIG = "run_config.json"
 REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE, LEDGER, RUN_CONFIG, RUN_STATE)
 CORRUPT = ".corrupt"
+ADOPTED = ".adopted"  # where `lit-continual adopt` moves the Hugging Face Trainer's checkpoints
+# Files of a Hugging Face Trainer (+ PEFT) checkpoint: one of them and none of ours = foreign.
+FOREIGN_MARKERS = (TRAINER_STATE, ADAPTER, "adapter_config.json", "rng_state.pth", "training_args.bin")
 LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
 HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
 LOGGER_RUNS_KEY = "LoggerRuns"  # the LoggerRuns callback's state_key
@@ -83,27 +86,82 @@ def verify(path: Path) -> str | None:
             return f"{name} is missing"
         if target.stat().st_size != expected["size"]:
             return f"{name} has {target.stat().st_size} bytes, manifest says {expected['size']}"
-        if _sha256(target) != expected["sha256"]:
+        if sha256_file(target) != expected["sha256"]:
             return f"{name} does not match its sha256"
     return None
 
 
+class UnusableCheckpoints(ConfigError):
+    """current_model/ holds checkpoints and none can be resumed (foreign, all damaged, or an
+    adoption left half done): the run is never started over at step 0 (exit 2, the operator decides)."""
+
+
+def is_foreign(path: Path) -> bool:
+    """A checkpoint directory written by the Hugging Face Trainer (+ PEFT), not by lit-continual:
+    none of our own files, some of the Trainer's. It is not damaged: `lit-continual adopt` reads it."""
+    ours = (MANIFEST, LEDGER, RUN_STATE, RUN_CONFIG)
+    return not any((path / name).exists() for name in ours) and any(
+        (path / name).exists() for name in FOREIGN_MARKERS)
+
+
 def newest_valid(models_dir: Path) -> Path | None:
-    """The newest checkpoint that verifies; damaged newer ones are set aside in `.corrupt/`."""
+    """The newest checkpoint that verifies; damaged newer ones are set aside in `.corrupt/`.
+
+    None only when there is nothing to resume from: an empty (or missing) current_model/, where a
+    run starts at step 0. Checkpoints that exist but cannot be used raise UnusableCheckpoints
+    and are left where they are."""
     if not models_dir.is_dir():
         return None
     candidates = sorted((p for p in models_dir.iterdir() if step_of(p) is not None), key=step_of)
+    foreign = [p for p in candidates if is_foreign(p)]
+    if foreign:
+        raise UnusableCheckpoints(_foreign_message(models_dir, foreign))
+    damaged: list[tuple[Path, str]] = []
     for path in reversed(candidates):
         problem = verify(path)
         if problem is None:
+            for bad, why in damaged:
+                _set_aside(models_dir, bad, why)
             return path
-        aside = models_dir / CORRUPT / f"{path.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}"
-        aside.parent.mkdir(exist_ok=True)
-        os.rename(path, aside)
-        atomic.fsync_dir(models_dir)
-        log.warning("Checkpoint %s is damaged (%s): moved to %s; falling back to the previous one",
-                    path.name, problem, aside.relative_to(models_dir))
+        damaged.append((path, problem))
+    if damaged:
+        raise UnusableCheckpoints(_damaged_message(models_dir, damaged))
+    adopted = sorted(p.name for p in (models_dir / ADOPTED).glob(f"{PREFIX}*"))
+    if adopted:
+        raise UnusableCheckpoints(
+            f"{models_dir} holds no checkpoint but {ADOPTED}/ holds the Hugging Face Trainer's "
+            f"({', '.join(adopted)}): an adoption was interrupted. Finish it (same overrides as the "
+            f"first time): lit-continual adopt --base-dir {models_dir.parent}")
     return None
+
+
+def _set_aside(models_dir: Path, path: Path, problem: str) -> None:
+    aside = models_dir / CORRUPT / f"{path.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}"
+    aside.parent.mkdir(exist_ok=True)
+    os.rename(path, aside)
+    atomic.fsync_dir(models_dir)
+    log.warning("Checkpoint %s is damaged (%s): moved to %s; falling back to the previous one",
+                path.name, problem, aside.relative_to(models_dir))
+
+
+def _foreign_message(models_dir: Path, foreign: list[Path]) -> str:
+    names = ", ".join(p.name for p in foreign)
+    found = ", ".join(n for n in FOREIGN_MARKERS if (foreign[-1] / n).exists())
+    return (f"{models_dir} holds checkpoints written by the Hugging Face Trainer ({names}: {found}; no "
+            f"{MANIFEST}, no {LEDGER}). They are not damaged and were left in place, but a run cannot "
+            f"resume from them as they are. To continue that run, adopt them (with this daemon's model "
+            f"overrides): lit-continual adopt --base-dir {models_dir.parent} [overrides]. To start a new "
+            f"run instead, move {models_dir} aside.")
+
+
+def _damaged_message(models_dir: Path, damaged: list[tuple[Path, str]]) -> str:
+    problems = "; ".join(f"{p.name}: {why}" for p, why in damaged)
+    earlier = models_dir / CORRUPT
+    aside = f" (damaged ones set aside earlier are in {earlier})" if earlier.is_dir() else ""
+    return (f"none of the {len(damaged)} checkpoint(s) in {models_dir} can be resumed ({problems}): "
+            f"refusing to start the run over at step 0. They were left in place{aside}. To start a new "
+            f"run, move {models_dir} aside (e.g. mv {models_dir} {models_dir}.damaged); to resume, put an "
+            f"intact checkpoint (from a backup or a snapshot) in {models_dir}.")
 
 
 def remove_leftovers(models_dir: Path) -> None:
@@ -202,7 +260,7 @@ class DirectoryCheckpointIO(CheckpointIO):
         atomic.write_json(out / TRAINER_STATE, state, durable=False)
         atomic.write_json(out / RUN_CONFIG, ckpt.pop("run_config"), durable=False)
         (out / RUN_STATE).write_bytes(_loadable_bytes(ckpt))
-        manifest = {name: {"size": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+        manifest = {name: {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                     for name in sorted(os.listdir(out))}
         atomic.write_json(out / MANIFEST, {"files": manifest}, durable=False)
 
@@ -222,11 +280,3 @@ class DirectoryCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -176,21 +176,28 @@ class Claims:
         the file is untouched). Returns None, or why the original could not be removed after
         it was copied (then it is left where it is and must be ignored).
         """
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
-        target = self._free_name(name)
-        report = {"file": name, "reason": reason, **details, "time": datetime.now(timezone.utc).isoformat()}
-        atomic.write_json(target.with_name(target.name + ".error.json"), report)
-        kept = move(path, target)
+        report = {"file": name, "reason": reason, **details}
+        target, kept = self.set_aside(path, name, self.failed_dir, ".error.json", report)
         log.error("Moved inbox/%s to failed/%s: %s", name, target.name, reason)
         return kept
 
-    def _free_name(self, name: str) -> Path:
-        stem, dot, ext = name.partition(".")
-        candidate, n = self.failed_dir / name, 1
-        while candidate.exists() or candidate.is_symlink():
-            candidate = self.failed_dir / f"{stem}-{n}{dot}{ext}"
-            n += 1
-        return candidate
+    def set_aside(self, path: Path, name: str, directory: Path, suffix: str, report: dict) -> tuple[Path, str | None]:
+        """Move `path` byte-identical into `directory` (a free name), its JSON report
+        (`<name><suffix>`) written first: (where it went, why the original stayed or None)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = _free_name(directory, name)
+        report = {**report, "time": datetime.now(timezone.utc).isoformat()}
+        atomic.write_json(target.with_name(target.name + suffix), report)
+        return target, move(path, target)
+
+
+def _free_name(directory: Path, name: str) -> Path:
+    stem, dot, ext = name.partition(".")
+    candidate, n = directory / name, 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate = directory / f"{stem}-{n}{dot}{ext}"
+        n += 1
+    return candidate
 
 
 def move(source: Path, target: Path) -> str | None:

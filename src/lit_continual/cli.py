@@ -1,8 +1,12 @@
-"""The `lit-continual` command: daemon, sample-data, report."""
+"""The `lit-continual` command: daemon, sample-data, and the operator commands of
+lit_continual/commands/ (status, verify/report, history, stop/pause/resume/skip, snapshot,
+consolidate, adopt)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -44,14 +48,6 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from lit_continual.report import render
-
-    text, ok = render(Path(args.base_dir))
-    print(text)
-    return 0 if ok else 1
-
-
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lit-continual", description=__doc__)
     root.add_argument("--version", action="version", version=f"lit-continual {__version__}")
@@ -70,9 +66,11 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--prefix", default="batch", help="file names are PREFIX_1.jsonl, PREFIX_2.jsonl, ... "
                         "(default: batch)")
     sample.set_defaults(func=_sample_data)
-    report = sub.add_parser("report", help="print the verification report of a base dir")
-    report.add_argument("--base-dir", required=True)
-    report.set_defaults(func=_report)
+    from lit_continual.commands import COMMANDS
+
+    for name in COMMANDS:
+        module = importlib.import_module(f"lit_continual.commands.{name}")
+        module.add(sub)
     return root
 
 
@@ -83,3 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lit-continual: configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except BrokenPipeError:  # `lit-continual history ... | head`: the reader went away, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0

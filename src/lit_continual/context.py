@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.status import Status
@@ -16,6 +17,7 @@ class RunContext:
     stop: StopRequest  # "should the run stop now?" (.stop file, SIGTERM, SIGINT)
     status: Status  # status/training_status.json
     guard: CrashGuard  # which file and step the process is in, for the crash loop rule
+    ops: Any = None  # operations.Operations: pause/skip/snapshot/consolidate requests and schedules
 
     @property
     def models_dir(self) -> Path:

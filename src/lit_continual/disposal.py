@@ -23,7 +23,7 @@ from lit_continual.storage import Backoff, StorageFault, retry
 
 log = logging.getLogger("lit_continual")
 
-DELETE, CHANGED, KEEP, FAILED = "delete", "changed", "keep", "failed: "
+DELETE, CHANGED, KEEP, FAILED, SKIPPED = "delete", "changed", "keep", "failed: ", "skipped"
 MODIFIED = (FAILED + "modified while being trained: it grew or was rewritten after it was claimed "
             "(the claimed content was trained)")
 
@@ -48,6 +48,37 @@ class Disposal:
             self.inbox.expect_change()
         elif disposal.startswith(FAILED):
             self.reject_path(path, name, disposal[len(FAILED):], inode=inode)
+        elif disposal == SKIPPED:
+            self.skip(path, name, inode, record)
+
+    def skip(self, path: Path, name: str, inode: int, record: FileRecord) -> None:
+        """Move a file an operator skipped to skipped/ byte-identical, `<name>.skipped.json` beside it."""
+        report = {"file": name, "sha256": record.sha256, "examples": record.examples,
+                  "examples_trained": record.examples_trained, "steps": [record.first_step, record.last_step]}
+        skipped_dir = self.claims.failed_dir.parent / "skipped"
+
+        def attempt() -> tuple[Path, str | None] | None:
+            if not path.exists() and not path.is_symlink():
+                return None  # moved already (a replay after a restart)
+            try:
+                return self.claims.set_aside(path, name, skipped_dir, ".skipped.json", report)
+            except FileNotFoundError:
+                return None  # moved already (a replay after a restart)
+            except SourceUnreadable as err:
+                return skipped_dir / name, f"{err.strerror}; nothing was copied"
+            except Exception as err:
+                raise StorageFault(f"skipped/{name}") from err
+
+        done, moved = retry(attempt, f"moving skipped {name}", self.backoff, self.stop, self.status)
+        if not done or moved is None:
+            return
+        target, kept = moved
+        log.info("Skipped inbox/%s after %d of %d examples (steps %s-%s): moved to skipped/%s", name,
+                 record.examples_trained, record.examples, record.first_step, record.last_step, target.name)
+        if kept is not None:
+            self.left_in_inbox(name, inode, f"skipped and copied to skipped/ but cannot be removed ({kept})")
+        else:
+            self.inbox.ignored.discard((name, inode))
 
     def delete(self, path: Path, name: str, inode: int, record: FileRecord) -> None:
         problem = self.claims.delete_path(path, name, inode or None)

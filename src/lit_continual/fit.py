@@ -25,7 +25,9 @@ from lit_continual.callbacks import (
     LoggerRuns,
     LossHistory,
     NonFiniteGuard,
+    OperatorControls,
     RngState,
+    StepOffset,
     StopSignals,
 )
 from lit_continual.checkpoints import DirectoryCheckpointIO
@@ -45,8 +47,9 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is depre
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def fit(cfg: DictConfig, ctx: RunContext) -> None:
-    """Train until the stream ends (stop request, drained inbox or the single file done)."""
+def fit(cfg: DictConfig, ctx: RunContext) -> int:
+    """Train until the stream ends (stop request, drained inbox or the single file done);
+    return how many files were trained to their end (durably) by this process."""
     components.check(cfg)  # every open node against its target, before the model loads
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
@@ -75,7 +78,8 @@ def fit(cfg: DictConfig, ctx: RunContext) -> None:
     datamodule = ContinualDataModule(cfg, loaded.tokenizer, ctx)
     ctx.status.queue_size = datamodule.feed.queue_size  # from caches: never scans under the status lock
 
-    callbacks = _core_callbacks(cfg, ctx, datamodule, loggers) + user_callbacks
+    lifecycle = FileLifecycle(datamodule, ctx)
+    callbacks = _core_callbacks(cfg, ctx, lifecycle, loggers) + user_callbacks
     checkpoint_io = DirectoryCheckpointIO(model.peft_config["default"], loaded.path)
     trainer = components.trainer(cfg, callbacks, list(loggers.values()), [checkpoint_io])
     if resume is not None:
@@ -90,17 +94,18 @@ def fit(cfg: DictConfig, ctx: RunContext) -> None:
         raise ConfigError(f"Lightning refused the configuration: {err}") from err
     finally:
         datamodule.feed.close()
+    return lifecycle.completed
 
 
-def _core_callbacks(cfg: DictConfig, ctx: RunContext, datamodule: ContinualDataModule, loggers: dict) -> list:
+def _core_callbacks(cfg: DictConfig, ctx: RunContext, lifecycle: FileLifecycle, loggers: dict) -> list:
     """The callbacks that carry the run's guarantees; config can tune but never remove them."""
-    nonfinite = NonFiniteGuard(cfg.daemon.max_nonfinite)
+    nonfinite = NonFiniteGuard(cfg.daemon.max_nonfinite, ctx.status)
     saving = cfg.callbacks.model_checkpoint
     # Order matters: the loss entry of step N is logged before checkpoint N is written, and
     # Lightning runs the checkpointer (a ModelCheckpoint) after all the others.
-    core = [StopSignals(ctx.stop), RngState(), nonfinite,
+    core = [StopSignals(ctx.stop), RngState(), nonfinite, StepOffset(),
             LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, ctx.status, nonfinite),
-            FileLifecycle(datamodule, ctx), LoggerRuns(loggers),
+            lifecycle, *([OperatorControls(ctx.ops, lifecycle)] if ctx.ops is not None else []), LoggerRuns(loggers),
             Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb,
                          Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds))]
     if cfg.logging.progress_bar and sys.stderr.isatty():

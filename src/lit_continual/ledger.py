@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 LEDGER_VERSION = 1
 
@@ -32,13 +33,17 @@ class FileRecord:
     mtime_ns: int = 0
     first_step: int | None = None
     last_step: int | None = None
-    status: str = "training"  # training | done | abandoned | failed
+    status: str = "training"  # training | done | skipped (by an operator) | abandoned | failed
     # Where the file was claimed: `.claimed/<claim id>-<name>` under the inbox; None if it was
     # trained where it was delivered (an inbox that refuses renames, or a run from version 0.1).
     claimed_as: str | None = None
     # What becomes of the claimed file once its end-of-file checkpoint is durable, decided before
     # that checkpoint so a restart replays it: delete | failed: <reason> | changed | keep.
     disposal: str | None = None
+    # When this run started and finished training the file (UTC, ISO 8601).
+    started_at: str | None = None
+    finished_at: str | None = None
+    formats: dict[str, int] = field(default_factory=dict)  # valid examples per detected format
 
     def same_file(self, other: FileRecord) -> bool:
         """True if `other` is this very claim (or, for in-place claims, the same inode and content)."""
@@ -56,6 +61,9 @@ class Ledger:
     files_rejected: list[dict] = field(default_factory=list)  # moved to failed/ untrained
     files_started: int = 0
     examples_trained_total: int = 0
+    # Files finished per status (done, skipped, abandoned, failed) and rejected, over the whole
+    # run: files_done and files_rejected keep only the newest `max_done`.
+    counts: dict[str, int] = field(default_factory=dict)
     max_done: int = 1000
 
     def begin(self, record: FileRecord, step: int) -> None:
@@ -66,7 +74,7 @@ class Ledger:
             log.error("%s was left unfinished with %d example(s) untrained: recorded as abandoned",
                       self.current.name, self.current.examples - self.current.examples_trained)
             self.finish(step - 1, status="abandoned")
-        record.first_step = step
+        record.first_step, record.started_at = step, _now()
         self.current = record
         self.files_started = max(self.files_started, record.ordinal)
 
@@ -80,7 +88,8 @@ class Ledger:
         """Close the current file at `step` and move it to files_done."""
         assert self.current is not None, "finish() without a current file"
         record, self.current = self.current, None
-        record.last_step, record.status = step, status
+        record.last_step, record.status, record.finished_at = step, status, _now()
+        self.counts[status] = self.counts.get(status, 0) + 1
         self.files_done.append(record)
         del self.files_done[: -self.max_done]
         return record
@@ -90,6 +99,7 @@ class Ledger:
 
         `kept_inode`: it was copied to failed/ but the original could not be removed (an inbox
         that refuses unlink); a later process recognises it and leaves it alone."""
+        self.counts["rejected"] = self.counts.get("rejected", 0) + 1
         entry = {"name": name, "sha256": sha256, "reason": reason}
         if kept_inode is not None:
             entry["kept_inode"] = kept_inode
@@ -104,7 +114,8 @@ class Ledger:
     def find_content(self, sha256: str) -> FileRecord | None:
         """A trained (or in-progress) file of this run with the same content, if any."""
         candidates = self.files_done + ([self.current] if self.current else [])
-        return next((r for r in reversed(candidates) if r.sha256 == sha256 and r.status != "failed"), None)
+        return next((r for r in reversed(candidates) if r.sha256 == sha256 and r.status not in ("failed", "skipped")),
+                    None)
 
     def find_done_in_place(self, record: FileRecord) -> FileRecord | None:
         """The done entry trained in place (an inbox that refuses renames) that is this very
@@ -131,6 +142,7 @@ class Ledger:
             "version": LEDGER_VERSION,
             "files_started": self.files_started,
             "examples_trained_total": self.examples_trained_total,
+            "counts": dict(self.counts),
             "current": asdict(self.current) if self.current else None,
             "files_done": [asdict(r) for r in self.files_done],
             "files_rejected": list(self.files_rejected),
@@ -139,11 +151,22 @@ class Ledger:
     @classmethod
     def from_dict(cls, data: dict, max_done: int = 1000) -> Ledger:
         current = data.get("current")
+        done = [FileRecord(**r) for r in data.get("files_done", [])]
+        counts = data.get("counts")
+        if counts is None:  # a ledger from before the counts: what its kept entries say
+            counts = {}
+            for status in [r.status for r in done] + ["rejected"] * len(data.get("files_rejected", [])):
+                counts[status] = counts.get(status, 0) + 1
         return cls(
-            files_done=[FileRecord(**r) for r in data.get("files_done", [])],
+            counts=dict(counts),
+            files_done=done,
             current=FileRecord(**current) if current else None,
             files_rejected=list(data.get("files_rejected", [])),
             files_started=int(data.get("files_started", 0)),
             examples_trained_total=int(data.get("examples_trained_total", 0)),
             max_done=max_done,
         )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

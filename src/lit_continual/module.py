@@ -61,6 +61,19 @@ class LoRAModule(L.LightningModule):
         self.window_loss = self.window_loss.to(loss.device) + loss.detach() / accumulate
         return loss
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+        """-1 (Lightning: end this epoch, untrained) for a batch of a file an operator skipped
+        that the loader fetched before the skip; the next epoch starts with the next file.
+
+        Lightning steps the LR scheduler even for such a dropped batch, so the schedule is put
+        back on the global step before the next step trains (the LR is a function of it)."""
+        if batch[INFO].file.status == "skipped":
+            return -1
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        if scheduler.last_epoch != self.trainer.global_step:
+            self._set_lr(self.trainer.optimizers[0], scheduler, float(self.hyperparameters["lr"]))
+        return None
+
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
@@ -83,15 +96,21 @@ class LoRAModule(L.LightningModule):
         """
         optimizer = self.trainer.optimizers[0]
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        step = self.trainer.global_step  # the schedule's input, never the restored scheduler's own count
-        scheduler.last_epoch = step
-        lr, factor = float(self.hyperparameters["lr"]), self.schedule(step)
+        lr = float(self.hyperparameters["lr"])
         for group in optimizer.param_groups:
             for name, value in self.hyperparameters.items():
                 if name in group and name != "lr":
                     group[name] = tuple(value) if isinstance(group[name], tuple) else value
-            group.update(initial_lr=lr, lr=lr * factor)
+            group.update(initial_lr=lr)
         scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        self._set_lr(optimizer, scheduler, lr)
+
+    def _set_lr(self, optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
+        """LR = lr x schedule(global step); the scheduler's count is the global step."""
+        step = self.trainer.global_step  # the schedule's input, never the restored scheduler's own count
+        scheduler.last_epoch = step
+        for group in optimizer.param_groups:
+            group["lr"] = lr * self.schedule(step)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -13,15 +13,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_continual import __version__, logs
+from lit_continual import __version__, layout, logs, metrics
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, prepare
 from lit_continual.context import RunContext
 from lit_continual.crash_guard import CrashGuard
 from lit_continual.lock import EXIT_LOCKED, BaseDirLocked, RunLock
+from lit_continual.operations import Operations
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
 
 EXIT_OK, EXIT_FAILURE = 0, 1
+# train.py (data=inbox_file) whose file was not finished because a stop was requested (a
+# leftover .stop included): a pipeline must never read "done" (EX_TEMPFAIL: run it again).
+EXIT_STOPPED = 75
 LAYOUT = ("inbox", "current_model", "status", "logs", "tensorboard", "failed")
 
 log = logging.getLogger("lit_continual")
@@ -55,10 +59,13 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     stop = StopRequest(base_dir / ".stop")
     stop.install()
     log.info("lit-continual starting in %s (pid %d, version %s)", base_dir, status.fields["pid"], __version__)
+    single_file = cfg.data.source == "file"
+    step = _resumed_step(base_dir)
+    status.update(current_step=step, total_steps=step)
     if stop.stop_file.exists():
         log.info("%s is present: exiting without training (remove it to start)", stop.stop_file)
         status.update(status="stopped", write=True)
-        return EXIT_OK
+        return EXIT_STOPPED if single_file else EXIT_OK
     status.update(status="starting", write=True)
     log.info("%s", _plan(cfg, base_dir))
     log.info("Config: %s", _summary(cfg))
@@ -66,32 +73,53 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     guard = CrashGuard(base_dir, cfg.daemon.max_crashes)
     guard.start()
     status.start_heartbeat()
+    ops = Operations(cfg, base_dir, status, stop)
+    ops.watch()
+    endpoint = None
     try:
+        endpoint = metrics.serve(cfg.metrics, status)  # before the heavy imports: a taken port fails fast
+        ops.housekeeping.maybe_run()
         from lit_continual.data.prepare import DataError
         from lit_continual.fit import fit
 
         try:
-            fit(cfg, RunContext(base_dir, stop, status, guard))
-        except ConfigError as err:  # an open node its target refuses, or a changed run-defining key
-            log.error("Configuration error: %s", err)
-            status.update(status="error", error=f"configuration error: {err}", write=True)
-            return EXIT_CONFIG_ERROR
+            completed = fit(cfg, RunContext(base_dir, stop, status, guard, ops))
         except DataError as err:
             log.error("%s", err)
             status.update(status="error", error=str(err), write=True)
             return EXIT_CONFIG_ERROR
+    except ConfigError as err:  # a taken metrics port; an open node its target refuses; a changed run-defining key
+        log.error("Configuration error: %s", err)
+        status.update(status="error", error=f"configuration error: {err}", write=True)
+        return EXIT_CONFIG_ERROR
     except Exception as err:  # the status file must say why the run died
         log.exception("Training failed: %s", err)
         status.update(status="error", error=f"{type(err).__name__}: {err}", write=True)
         guard.close(clean=False)  # an exception mid-step counts like a crash at that step
         return EXIT_FAILURE
     finally:
+        if endpoint is not None:
+            endpoint.stop()
+        ops.close()
         status.stop_heartbeat()
         guard.close(clean=True)
     status.update(status="stopped", current_file=None, total_steps=status.fields["current_step"],
                   write=True)
     log.info("Stopped at step %d", status.fields["current_step"])
+    if single_file and not completed:
+        log.warning("%s was not finished (%s): exit code %d; run the same command again to finish it",
+                    cfg.data.path, stop.reason if stop.requested else
+                    "training ended before its end: an operator's skip, or a callback set trainer.should_stop",
+                    EXIT_STOPPED)
+        return EXIT_STOPPED
     return EXIT_OK
+
+
+def _resumed_step(base_dir: Path) -> int:
+    """The step of the newest complete checkpoint (by name; fit() verifies it): what the status
+    shows while the process starts (torch is not imported yet)."""
+    found = layout.complete_checkpoints(base_dir)
+    return layout.step_of(found[-1]) if found else 0
 
 
 def _plan(cfg: DictConfig, base_dir: Path) -> str:

@@ -17,7 +17,9 @@ from lit_continual import atomic
 log = logging.getLogger("lit_continual")
 
 MAX_WARNINGS = 20
-STATES = ("starting", "training", "idle", "stopping", "stopped", "error")
+STATES = ("starting", "training", "idle", "pausing", "paused", "skipping", "stopping", "stopped", "error")
+# A daemon in one of these states should be alive (`lit-continual status` exits 4 if not).
+LIVE_STATES = ("starting", "training", "idle", "pausing", "paused", "skipping", "stopping")
 
 
 class Status:
@@ -37,7 +39,10 @@ class Status:
             "batch_number": 0, "batch_queue_size": 0, "current_file": None, "loss": None,
             "learning_rate": None, "tokens_per_second": None, "last_checkpoint": None,
             "error": None, "warnings": [], "base_dir": str(base_dir.resolve()),
-            "started_at": _now(), "updated_at": None,
+            "last_step_at": None, "last_checkpoint_at": None, "last_snapshot": None,
+            "last_consolidated": None, "metrics_port": None, "files_done": 0, "files_failed": 0,
+            "files_skipped": 0, "nonfinite_steps": 0, "snapshots": 0,
+            "started_at": now(), "updated_at": None,
         }
 
     def update(self, write: bool = False, **fields: object) -> None:
@@ -63,7 +68,7 @@ class Status:
                 self.fields["batch_queue_size"] = self.queue_size()
             except OSError:
                 pass
-            self.fields["updated_at"] = _now()
+            self.fields["updated_at"] = now()
             snapshot = dict(self.fields)
             try:
                 atomic.write_json(self.path, snapshot, durable=False)
@@ -87,5 +92,6 @@ class Status:
             self._thread.join()
 
 
-def _now() -> str:
+def now() -> str:
+    """UTC now, as every time in the status file is written."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

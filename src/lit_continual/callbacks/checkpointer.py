@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_continual import checkpoints
 from lit_continual.context import RunContext
 from lit_continual.data.batch import INFO
+from lit_continual.status import now
 from lit_continual.storage import Backoff, StorageFault, retry
 
 log = logging.getLogger("lit_continual")
@@ -117,7 +118,7 @@ class Checkpointer(ModelCheckpoint):
             return False
         self._last_global_step_saved, self._last_checkpoint_saved = step, str(path)
         log.info("Saved checkpoint %s in %.0f ms", path.name, seconds * 1000)
-        self.ctx.status.update(last_checkpoint=path.name, write=True)
+        self.ctx.status.update(last_checkpoint=path.name, last_checkpoint_at=now(), write=True)
         try:
             checkpoints.prune(self.ctx.models_dir, self.save_top_k)
         except OSError as err:  # retention is retried after the next checkpoint

@@ -20,7 +20,9 @@ from lit_continual.callbacks.checkpointer import CheckpointListener, newest_name
 from lit_continual.context import RunContext
 from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.stream import ContinualDataModule
+from lit_continual.disposal import SKIPPED
 from lit_continual.ledger import FileRecord
+from lit_continual.status import now
 
 log = logging.getLogger("lit_continual")
 
@@ -44,16 +46,25 @@ class FileLifecycle(CheckpointListener, L.Callback):
         # checkpoint (even one forced mid-window by a user callback's stop) never counts
         # examples whose update was not applied.
         self.window_examples = 0
+        self.completed = 0  # files this process trained to their end, durably
 
     @property
     def state_key(self) -> str:
         return "FileLifecycle"
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.ctx.status.update(batch_number=self.dm.ledger.files_started)  # the restored run's count
+        self.ctx.status.update(batch_number=self.dm.ledger.files_started, **self._counts())  # the restored run's
+
+    def _counts(self) -> dict[str, int]:
+        """Files done, skipped and failed (abandoned and rejected included) over the whole run."""
+        counts = self.dm.ledger.counts.get
+        return {"files_done": counts("done", 0), "files_skipped": counts("skipped", 0),
+                "files_failed": counts("failed", 0) + counts("abandoned", 0) + counts("rejected", 0)}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         info: BatchInfo = batch[INFO]
+        if info.file.status == "skipped":
+            return  # prefetched before the skip: the module drops it (LoRAModule.on_train_batch_start)
         if info.first_of_file:
             self._file_started(trainer, info)
         if info.window_start:
@@ -70,8 +81,9 @@ class FileLifecycle(CheckpointListener, L.Callback):
         newest = newest_name(trainer)
         if newest is not None:
             log.info("Resuming from checkpoint: %s", newest)
-        log.info("File %s (#%d): %d examples, %d left, steps %d-%d", record.name, record.ordinal,
-                 record.examples, remaining, trainer.global_step + 1, end)
+        formats = ", ".join(f"{kind} {count}" for kind, count in sorted(record.formats.items())) or "unknown"
+        log.info("File %s (#%d): %d examples (formats: %s), %d left, steps %d-%d", record.name, record.ordinal,
+                 record.examples, formats, remaining, trainer.global_step + 1, end)
         self.ctx.status.update(status="training", current_file=record.name, total_steps=end,
                                current_step=trainer.global_step, batch_number=record.ordinal, write=True)
 
@@ -83,7 +95,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
         self.dm.ledger.advance(self.window_examples)
         self.window_examples = 0
         step = trainer.global_step
-        self.ctx.status.update(current_step=step)
+        self.ctx.status.update(current_step=step, last_step_at=now())
         faults.point("step", step)
         if info.file_end:
             self._file_trained(trainer, info)
@@ -97,21 +109,35 @@ class FileLifecycle(CheckpointListener, L.Callback):
         self.ctx.guard.idle()
         self.finished.append(_Finished(record, info.handle, step))
 
+    def skip(self, trainer: L.Trainer, info: BatchInfo) -> None:
+        """An operator skipped the rest of this file: it ends at this step, recorded `skipped`
+        with what was trained of it; moved to skipped/ once this step's checkpoint is durable."""
+        step = trainer.global_step
+        record = self.dm.ledger.finish(step, status="skipped")
+        record.disposal = SKIPPED
+        self.ctx.guard.idle()
+        self.finished.append(_Finished(record, info.handle, step))
+        log.info("Skipping %s at step %d: %d of %d examples trained (steps %s-%d)", record.name, step,
+                 record.examples_trained, record.examples, record.first_step, step)
+
     def on_checkpoint_saved(self, trainer: L.Trainer, step: int) -> None:
         """A checkpoint of `step` is durable: the files trained up to it leave the inbox."""
         done = [f for f in self.finished if f.step <= step]
         self.finished = [f for f in self.finished if f.step > step]
         for item in done:
             record = item.record
-            if record.status == "abandoned":
+            if record.status == "skipped":
+                pass  # the move to skipped/ logs it
+            elif record.status == "abandoned":
                 log.error("File %s abandoned at step %d with %d example(s) untrained: it could not be read as "
                           "it was claimed", record.name, item.step, record.examples - record.examples_trained)
             else:
+                self.completed += 1
                 log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, item.step,
                          record.examples)
             faults.point("before-delete", item.step)
             self.dm.feed.finish(item.handle, record)
-            self.ctx.status.update(current_file=None, total_steps=item.step, write=True)
+            self.ctx.status.update(current_file=None, total_steps=item.step, write=True, **self._counts())
 
     def after_checkpoint(self, trainer: L.Trainer) -> None:
         if self.ctx.stop.requested:  # asked while the checkpoint was being written

@@ -13,6 +13,8 @@ import logging
 import lightning as L
 import torch
 
+from lit_continual.status import Status
+
 log = logging.getLogger("lit_continual")
 
 
@@ -23,8 +25,9 @@ class NonFiniteError(RuntimeError):
 class NonFiniteGuard(L.Callback):
     """Drops the update of any step whose loss or gradients are not finite."""
 
-    def __init__(self, max_consecutive: int) -> None:
+    def __init__(self, max_consecutive: int, status: Status | None = None) -> None:
         self.max_consecutive = max_consecutive
+        self.status = status  # gets `nonfinite_steps` (the metrics endpoint reads it)
         self.consecutive = 0
         self.skipped_total = 0
         self.step_skipped = False  # whether the update of the step in progress was dropped
@@ -46,6 +49,7 @@ class NonFiniteGuard(L.Callback):
                 p.grad = None  # AdamW skips parameters without a gradient: no update, no moment change
         self.consecutive += 1
         self.skipped_total += 1
+        self._report()
         step = trainer.global_step + 1
         log.warning("Non-finite loss or gradient at step %d: optimizer step skipped (%d in a row, %d in all)",
                     step, self.consecutive, self.skipped_total)
@@ -59,3 +63,8 @@ class NonFiniteGuard(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.consecutive = int(state_dict["consecutive"])
         self.skipped_total = int(state_dict["skipped_total"])
+        self._report()
+
+    def _report(self) -> None:
+        if self.status is not None:
+            self.status.update(nonfinite_steps=self.skipped_total)

@@ -61,6 +61,23 @@ def not_empty(value: list) -> str | None:
     return None if value else "must list at least one item"
 
 
+def cron(value: str | None) -> str | None:
+    """null, or a cron expression croniter accepts (5 fields, local time)."""
+    if value is None:
+        return None
+    from croniter import croniter
+
+    return None if croniter.is_valid(str(value)) else "must be null or a cron expression such as \"0 3 * * *\""
+
+
+def cron_or_never(value: str | None) -> str | None:
+    return None if value == "never" else cron(value)
+
+
+def port(value: int | None) -> str | None:
+    return None if value is None or 0 <= value <= 65535 else "must be null (off), 0 (any free port) or 1-65535"
+
+
 @dataclass
 class Run:
     allow_config_change: bool = key()
@@ -147,6 +164,7 @@ class Checkpoint:
 class Logging:
     every_n_steps: int = key(positive)
     progress_bar: bool = key()
+    keep_days: float = key(positive)
 
 
 @dataclass
@@ -159,6 +177,25 @@ class Daemon:
     retry_max_seconds: float = key(positive)
     max_nonfinite: int = key(positive)
     max_crashes: int = key(positive)
+    keep_failed_days: float = key(positive)
+
+
+@dataclass
+class Snapshot:
+    schedule: str | None = key(cron)
+    keep_days: float = key(positive)
+
+
+@dataclass
+class Consolidate:
+    schedule: str | None = key(cron_or_never)
+    keep: int = key(positive)
+
+
+@dataclass
+class Metrics:
+    port: int | None = key(port)
+    host: str = key()
 
 
 @dataclass
@@ -220,3 +257,6 @@ class Root:
     checkpoint: Checkpoint = key()
     logging: Logging = key()
     daemon: Daemon = key()
+    snapshot: Snapshot = key()
+    consolidate: Consolidate = key()
+    metrics: Metrics = key()

@@ -35,6 +35,7 @@ class InboxFeed:
                  ctx: RunContext, step: Callable[[], int], backoff: Backoff, drain: bool) -> None:
         self.inbox, self.claims, self._ledger, self.rules = inbox, claims, ledger, rules
         self.stop, self.status, self.guard, self._step = ctx.stop, ctx.status, ctx.guard, step
+        self.ops = ctx.ops  # pause and requests are served while idle
         self.backoff, self.drain = backoff, drain
         self.disposal = Disposal(inbox, claims, ledger, ctx.status, ctx.stop, backoff)
         self._drained = False  # drain mode found the inbox empty
@@ -69,6 +70,8 @@ class InboxFeed:
             if self._drained or not block:
                 return None
             self.status.update(status="idle", current_file=None)
+            if self.ops is not None:
+                self.ops.idle()
             time.sleep(self.inbox.poll_seconds)
         return None
 

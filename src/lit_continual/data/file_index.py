@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lit_continual.data.records import BadLine, RecordSpec, parse_line
+from lit_continual.data.records import BadLine, RecordSpec, parse_line, parse_line_kind
 
 log = logging.getLogger("lit_continual")
 
@@ -54,6 +54,7 @@ class FileIndex:
     bad_lines: int
     first_errors: list[dict] = field(default_factory=list)
     lengths: np.ndarray | None = None  # int32 token length per example (packing only)
+    formats: dict[str, int] = field(default_factory=dict)  # valid examples per detected format
 
     @property
     def examples(self) -> int:
@@ -80,6 +81,7 @@ class FileIndex:
         offsets, crcs, lengths = array("q"), array("I"), array("i")
         total = bad = number = position = 0
         errors: list[dict] = []
+        formats: dict[str, int] = {}
         with os.fdopen(os.dup(fd), "rb") as handle:
             handle.seek(0)
             if limit is not None:
@@ -97,9 +99,10 @@ class FileIndex:
                 elif not raw.strip():
                     continue
                 else:
-                    problem, length = _judge_line(raw, spec, judge)
+                    problem, length, kind = _judge_line(raw, spec, judge)
                 total += 1
                 if problem is None:
+                    formats[kind] = formats.get(kind, 0) + 1
                     offsets.append(start)
                     crcs.append(zlib.crc32(raw))
                     if judge is not None and length is not None:
@@ -110,7 +113,7 @@ class FileIndex:
                     errors.append({"line": number, "error": problem})
         measured = np.frombuffer(lengths, dtype=np.int32) if len(lengths) == len(offsets) and len(lengths) else None
         return cls(fd, name, digest.hexdigest(), position, np.frombuffer(offsets, dtype=np.int64),
-                   np.frombuffer(crcs, dtype=np.uint32), total, bad, errors, measured)
+                   np.frombuffer(crcs, dtype=np.uint32), total, bad, errors, measured, formats)
 
     def read(self, positions: np.ndarray, spec: RecordSpec) -> list[dict | BadLine]:
         """The records at example positions `positions`; a record that no longer parses is
@@ -139,16 +142,17 @@ class FileIndex:
         return count
 
 
-def _judge_line(raw: bytes, spec: RecordSpec, judge: Judge | None) -> tuple[str | None, int | None]:
+def _judge_line(raw: bytes, spec: RecordSpec, judge: Judge | None) -> tuple[str | None, int | None, str | None]:
+    """(problem or None, token length or None, format or None) of one line."""
     try:
-        record = parse_line(raw, spec)
-        return None, judge(record) if judge is not None else None
+        record, kind = parse_line_kind(raw, spec)
+        return None, judge(record) if judge is not None else None, kind
     except BadLine as err:
-        return str(err), None
+        return str(err), None, None
     except RecursionError:
-        return "cannot be rendered: nested too deeply", None
+        return "cannot be rendered: nested too deeply", None, None
     except Exception as err:  # a chat template's raise_exception, a tokenizer error, ...
-        return f"cannot be tokenized: {type(err).__name__}: {err}", None
+        return f"cannot be tokenized: {type(err).__name__}: {err}", None, None
 
 
 def read_line(fd: int, offset: int) -> bytes:

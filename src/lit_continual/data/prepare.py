@@ -66,7 +66,8 @@ def file_record(claim: Claim, index: FileIndex, ordinal: int, run_seed: int) -> 
     return FileRecord(name=claim.name, sha256=index.sha256, size=index.size, inode=st.st_ino,
                       ctime_ns=st.st_ctime_ns, mtime_ns=st.st_mtime_ns, ordinal=ordinal,
                       examples=index.examples, bad_lines=index.bad_lines,
-                      shuffle_seed=shuffle_seed(run_seed, ordinal), claimed_as=claim.claimed_as)
+                      shuffle_seed=shuffle_seed(run_seed, ordinal), claimed_as=claim.claimed_as,
+                      formats=dict(index.formats))
 
 
 def line_report(index: FileIndex | None) -> dict:

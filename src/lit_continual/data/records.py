@@ -90,7 +90,12 @@ _CHECKS = {"text": _check_text, "prompt_completion": _check_prompt_completion, "
 
 
 def parse_line(raw: bytes, spec: RecordSpec) -> dict:
-    """Decode and validate one JSONL line; raise BadLine with the reason.
+    """Decode and validate one JSONL line; raise BadLine with the reason."""
+    return parse_line_kind(raw, spec)[0]
+
+
+def parse_line_kind(raw: bytes, spec: RecordSpec) -> tuple[dict, str]:
+    """Decode and validate one JSONL line: (record, its format); raise BadLine with the reason.
 
     Whatever goes wrong with one line makes it a bad line, never an exception that escapes:
     invalid UTF-8 or JSON, nesting deep enough to exhaust the parser's recursion, integers
@@ -111,7 +116,7 @@ def parse_line(raw: bytes, spec: RecordSpec) -> dict:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
             raise BadLine(f"not valid Unicode: a lone surrogate {text[err.start]!a} at character {err.start}") from None
-    return record
+    return record, kind
 
 
 @dataclass

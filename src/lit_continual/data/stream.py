@@ -108,7 +108,7 @@ class FileStream(IterableDataset):
         steps_left = math.ceil((units_total - first) / (size * windows))
         abandoned: str | None = None
         while unit < units_total and abandoned is None:
-            if dm.stop.requested:
+            if dm.stop.requested or record.status == "skipped":
                 return False
             dm.feed.look_ahead()
             window_end_unit = min(unit + size * windows, units_total)
@@ -116,6 +116,11 @@ class FileStream(IterableDataset):
             real = len(parts)
             parts += [(window_end_unit, window_end_unit)] * (windows - real)  # zero-weight fillers
             for j, (lo, hi) in enumerate(parts):
+                if record.status == "skipped":
+                    # An operator skipped the file at the step before (its claim is closed): this
+                    # epoch ends; the next one starts with the next file (LoRAModule drops the
+                    # micro-batch fetched before the skip).
+                    return False
                 batch = None
                 if abandoned is None and hi > lo:
                     try:
@@ -133,7 +138,7 @@ class FileStream(IterableDataset):
                     abandoned=abandoned, file_steps_total=steps_total, file_steps_left=steps_left)
                 yield batch
             unit = window_end_unit
-        return True
+        return record.status != "skipped"  # never hand out the next file in an epoch that is ending
 
 
 def index_judge(tokenizer, max_length: int, spec: RecordSpec, packing: bool) -> Judge:
