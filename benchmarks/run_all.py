@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["backlog.py"], ["big_file.py"]]
+SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["backlog.py"], ["big_file.py"],
+           ["operator_commands.py"]]
 
 
 def _load(name: str) -> dict:
@@ -24,7 +25,7 @@ def _load(name: str) -> dict:
 def table() -> str:
     tiny, smol = _load("throughput_tiny"), _load("throughput_smollm2")
     ops, big, over = _load("operations"), _load("big_file"), _load("overhead")
-    backlog = _load("backlog")
+    backlog, commands = _load("backlog"), _load("operator_commands")
     rows = []
 
     def row(figure: str, target: str, value: str, met: bool | None) -> None:
@@ -102,6 +103,23 @@ def table() -> str:
             f"{big['stop_during_index_s']} s, exit {big['stop_during_index_exit_code']}, "
             f"{'pass ran to its end' if finished else 'pass cancelled'}",
             big["stop_during_index_s"] <= 10 and big["stop_during_index_exit_code"] == 0 and not finished)
+    if commands:
+        sizes = "; ".join(f"{r['checkpoint_mib']:g} MiB: {r['link_s'] * 1000:.0f} vs {r['copy_s'] * 1000:.0f} ms "
+                          f"({r['copy_over_link']}×)" for r in commands["snapshot_sizes"])
+        row("snapshot (`snapshots.take`, fsync included) by checkpoint size: hard links vs copies", "", sizes, None)
+        row("training's wait for a requested snapshot (step gap − the step times before it)",
+            "the checkpoint + the snapshot",
+            f"{commands['snapshot_training_wait_s'] * 1000:.0f} ms (checkpoint write "
+            f"{commands['snapshot_wait_checkpoint_write_s'] * 1000:.0f} ms, snapshot "
+            f"{commands['snapshot_wait_take_s'] * 1000:.0f} ms; median step {commands['median_step_s'] * 1000:.0f} ms)",
+            None)
+        row("`lit-continual pause` → status `paused`, while training", "acknowledged ≤ 2 s",
+            f"{commands['pause_to_paused_s']} s median, {commands['pause_to_paused_max_s']} s max "
+            f"(`.pause` seen → paused {commands['pause_seen_to_paused_s']} s)",
+            commands["pause_to_paused_max_s"] <= 2)
+        row("tiny: consolidation (child process) and max abs logit difference from the PeftModel", "≤ 1e-4",
+            f"{commands['consolidate_s']} s; {commands['consolidated_max_abs_logit_diff']:.1e}",
+            commands["consolidated_max_abs_logit_diff"] <= 1e-4)
     head = "| figure | target | measured | |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows) + "\n"
 

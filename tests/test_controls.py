@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,3 +115,55 @@ def test_start_shows_the_resumed_step_at_once_and_the_file_line_names_its_format
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_stop_while_paused_exits_0_at_the_paused_step(base: Path):
+    """Paused mid-file (checkpointed at that step), then a `.stop` while paused: exit 0 at that
+    very step, nothing trained after the pause, `.pause` removed by the daemon."""
+    write_jsonl(base / "inbox" / "a.jsonl", 4000, seed=7)
+    paused = {}
+
+    def pause_then_stop() -> None:
+        wait_for(lambda: _live(base).get("status") == "training" and _live(base)["current_step"] >= 3, 60, "training")
+        (base / ".pause").touch()
+        paused.update(wait_for(lambda: _live(base) if _live(base).get("status") == "paused" else None, 30, "paused"))
+        time.sleep(0.5)
+        (base / ".stop").touch()
+
+    helper = threading.Thread(target=pause_then_stop, daemon=True)
+    helper.start()
+    assert train_here(base) == 0
+    helper.join()
+    step = paused["current_step"]
+    assert newest(base).name == f"checkpoint-{step}"
+    assert status(base)["status"] == "stopped" and status(base)["current_step"] == step
+    assert not (base / ".pause").exists() and f"Paused at step {step}" in log_text(base)
+
+
+def _live(base: Path) -> dict:
+    try:
+        return status(base)
+    except (OSError, ValueError):
+        return {}
+
+
+def test_a_scheduled_snapshot_missed_while_down_is_taken_once_then_consolidated(base: Path):
+    """A schedule that fired (twice) while no daemon ran is caught up once at the next start; the
+    default consolidate.schedule (after each scheduled snapshot) then merges that snapshot."""
+    write_jsonl(base / "inbox" / "a.jsonl", 24, seed=8)
+    assert train_here(base, "daemon.exit_when_idle=true", "snapshot.schedule=null") == 0  # checkpoint-3
+    state = base / "snapshots" / ".schedule.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    earlier = time.time() - 300  # the every-2-minutes schedule fired twice since
+    state.write_text(json.dumps({"schedule": "*/2 * * * *", "last_handled_epoch": earlier}))
+    write_jsonl(base / "inbox" / "b.jsonl", 16, seed=9)
+    assert train_here(base, "daemon.exit_when_idle=true", "snapshot.schedule='*/2 * * * *'") == 0
+    taken = sorted(p.name for p in (base / "snapshots").iterdir() if not p.name.startswith("."))
+    assert len(taken) == 1, taken  # once, not once per missed time
+    step = int(taken[0].rsplit("-step", 1)[1])
+    assert step in (3, 4, 5)  # the newest checkpoint when it was taken (idle at start, or a step boundary)
+    assert json.loads((base / "snapshots" / taken[0] / "snapshot.json").read_text())["scheduled"] is True
+    assert [p.name for p in (base / "consolidated").iterdir() if not p.name.startswith(".")] == [f"step-{step}"]
+    assert json.loads(state.read_text())["last_handled_epoch"] > earlier + 290
+    assert status(base)["last_snapshot"] == taken[0] and status(base)["last_consolidated"] == f"step-{step}"
+    assert " ERROR " not in log_text(base)

@@ -25,7 +25,9 @@ def block(name: str) -> str:
 
 
 def test_readme_is_a_first_read_and_its_links_resolve():
-    assert len(README.splitlines()) < 250
+    # A manual of the two commands, every group, command and figure, and one real operator
+    # session; the details live in docs/.
+    assert len(README.splitlines()) < 330
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if not target.startswith("http"):
             assert (REPO / target).exists(), f"README links to a missing {target}"
@@ -114,3 +116,18 @@ def test_every_configuration_example_in_the_readme_composes_and_validates(tmp_pa
         extra = [f"model.cache_dir={tmp_path}"] if "smollm2" in example else []
         cfg = prepare(compose([f"base_dir={tmp_path / 'run'}", *example.split(), *extra]), check_paths=False)
         assert cfg is not None, example
+
+
+def test_the_readme_operator_commands_are_real_commands():
+    """Every `$ lit-continual ...` line of the README's operator example parses as our CLI would
+    run it, and each command its section promises is in it (tests/test_operator_session.py runs
+    the same sequence against a real daemon)."""
+    from lit_continual.cli import parser
+
+    shown = [line[2:].split() for line in block("operator-commands").splitlines() if line.startswith("$ ")]
+    assert {argv[1] for argv in shown} >= {"status", "pause", "resume", "skip", "snapshot", "consolidate", "verify",
+                                          "history", "stop"}
+    for argv in shown:
+        assert argv[0] == "lit-continual"
+        parser().parse_args(argv[1:])
+    assert "RESULT: PASS" in block("operator-commands")

@@ -56,3 +56,4 @@ class OperatorControls(L.Callback):
         if skipping:
             self.ops.skip_done()
         self.ops.at_boundary(file_end=info.file_end or skipping)
+        self.lifecycle.after_checkpoint(trainer)  # a stop that came while paused (or consolidating): at this step
