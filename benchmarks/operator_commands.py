@@ -37,7 +37,7 @@ MIB = 2**20
 # Checkpoint sizes of the sweep (None: the tiny run's own checkpoint, about 0.45 MiB).
 SIZES_MIB = (None, 17, 170, 1024)
 REPEATS = 5  # snapshot sizes (median); consolidation runs 3 times
-SNAPSHOTS_ASKED, PAUSES = 5, 5
+SNAPSHOTS_ASKED, SNAPSHOT_COMMANDS, PAUSES = 5, 3, 5
 DAEMON = ["daemon.settle_seconds=0.1", "daemon.poll_seconds=0.1", "logging.every_n_steps=1",
           "checkpoint.every_n_steps=10000", "snapshot.schedule=null"]
 STEP = re.compile(r" INFO step (\d+)/")
@@ -76,7 +76,8 @@ def daemon_session(work: Path) -> tuple[Path, dict]:
     proc = start(base, *DAEMON)
     try:
         wait_log(base, " INFO step 30/", timeout=180)
-        asked = [ask_snapshot(base) for _ in range(SNAPSHOTS_ASKED)]
+        asked = [ask_snapshot(base, by_command=False) for _ in range(SNAPSHOTS_ASKED)]
+        asked += [ask_snapshot(base, by_command=True) for _ in range(SNAPSHOT_COMMANDS)]
         paused = [pause_and_resume(base) for _ in range(PAUSES)]
         (base / ".stop").touch()
         proc.wait(timeout=120)
@@ -85,23 +86,33 @@ def daemon_session(work: Path) -> tuple[Path, dict]:
     return base, {**snapshot_waits(base, asked), **pause_figures(base, paused)}
 
 
-def ask_snapshot(base: Path) -> dict:
+def ask_snapshot(base: Path, by_command: bool) -> dict:
+    """A snapshot of the training daemon, asked by `lit-continual snapshot` or by the request
+    file that command leaves (then no process start competes with training for the 2 cores)."""
+    from lit_continual import controls
+
     wait_steps(base, 15)
     started = time.monotonic()
-    result = json.loads(command(base, "snapshot", "--json").stdout)
-    assert result["ok"] and result["by"] == "daemon", result
-    return {"command_s": time.monotonic() - started, "take_s": result["seconds"], "step": result["step"]}
+    if by_command:
+        result = json.loads(command(base, "snapshot", "--json").stdout)
+    else:
+        request = controls.ask(base, controls.SNAPSHOT)
+        result = controls.wait(base, controls.SNAPSHOT, request, alive=lambda: True, poll=0.01, timeout=60)
+    assert result["ok"], result
+    return {"by_command": by_command, "seconds": time.monotonic() - started, "take_s": result["seconds"],
+            "step": result["step"]}
 
 
 def snapshot_waits(base: Path, asked: list[dict]) -> dict:
-    """Step-to-step time around each requested snapshot (from the log) against the median of
-    the 10 step times before it (a baseline that follows the machine's load)."""
+    """Step-to-step time around each snapshot asked by a request file (from the log), less the
+    median of the 10 step times before it (a baseline that follows the machine's load)."""
     lines = log_lines(base)
     steps = [(i, stamp(line)) for i, line in enumerate(lines) if STEP.search(line)]
+    requests = [a for a in asked if not a["by_command"]]
     gaps, waits, saves = [], [], []
-    for index, line in enumerate(lines):
-        if "INFO Requested snapshot:" not in line:
-            continue
+    for ask in requests:
+        index = next(i for i, line in enumerate(lines)
+                     if "INFO Requested snapshot:" in line and f"(step {ask['step']})" in line)
         before = [s for s in steps if s[0] < index]
         after = min(s for s in steps if s[0] > index)
         gaps.append(after[1] - before[-1][1])
@@ -116,8 +127,9 @@ def snapshot_waits(base: Path, asked: list[dict]) -> dict:
             "snapshot_training_wait_s": round(statistics.median(waits), 4),
             "snapshot_training_waits_s": [round(w, 4) for w in waits],
             "snapshot_wait_checkpoint_write_s": round(statistics.median(saves), 4),
-            "snapshot_wait_take_s": round(statistics.median(a["take_s"] for a in asked), 4),
-            "snapshot_command_s": round(statistics.median(a["command_s"] for a in asked), 3)}
+            "snapshot_wait_take_s": round(statistics.median(a["take_s"] for a in requests), 4),
+            "snapshot_request_answered_s": round(statistics.median(a["seconds"] for a in requests), 3),
+            "snapshot_command_s": round(statistics.median(a["seconds"] for a in asked if a["by_command"]), 3)}
 
 
 def pause_and_resume(base: Path) -> dict:
