@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lit_continual.cli import main
-from lit_continual.run import EXIT_STOPPED
+from lit_continual.run import EXIT_SKIPPED, EXIT_STOPPED
 from tests.conftest import (
     REPO,
     checkpoints,
@@ -33,50 +33,91 @@ def _ledger(base: Path) -> dict:
     return json.loads((newest(base) / "ledger.json").read_text())
 
 
+def _skip_when_training(base: Path, name: str, at_step: int) -> threading.Thread:
+    """`lit-continual skip` (the real command, in this process) once `name` trains at `at_step`+."""
+    def skip() -> None:
+        wait_for(lambda: _live(base).get("current_file") == name and _live(base)["current_step"] >= at_step,
+                 60, f"{name} training")
+        assert main(["skip", "--base-dir", str(base), "--wait", "0"]) == 0
+
+    helper = threading.Thread(target=skip, daemon=True)
+    helper.start()
+    return helper
+
+
 def test_skip_killed_between_its_checkpoint_and_the_move_is_replayed_not_retrained(base: Path):
-    """`.skip` is seen before the first step: file a ends at step 1 as `skipped`. The process is
-    SIGKILLed after checkpoint-1 is durable and before a.jsonl is moved: the restart moves it
-    (byte-identical), never retrains it, and does not apply the leftover `.skip` to file b."""
+    """The daemon is SIGKILLed after the skip's checkpoint is durable and before a.jsonl is
+    moved: the restart moves it (byte-identical), never retrains it, and does not apply the
+    leftover `.skip` to file b."""
     now = time.time()
-    a = write_jsonl(base / "inbox" / "a.jsonl", 64, seed=1, mtime=now - 20)
+    a = write_jsonl(base / "inbox" / "a.jsonl", 4000, seed=1, mtime=now - 20)
     original = a.read_bytes()
     write_jsonl(base / "inbox" / "b.jsonl", 16, seed=2, mtime=now - 10)
-    (base / ".skip").write_text("request-1\n")
-    killed = run_daemon(base, fault="before-delete@1")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    assert [p.name for p in checkpoints(base)] == ["checkpoint-1"]
+    env = {**os.environ, "LIT_CONTINUAL_FAULT": "before-delete@*"}
+    proc = subprocess.Popen([sys.executable, "-m", "lit_continual", "daemon", "--base-dir", str(base),
+                             "daemon.exit_when_idle=true", "daemon.settle_seconds=0.1", "daemon.poll_seconds=0.1"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    helper = _skip_when_training(base, "a.jsonl", 3)
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    helper.join()
+    step = checkpoints(base)[-1].name.split("-")[1]
     assert under_inbox(base, "a.jsonl") and (base / ".skip").exists()
 
     again = run_daemon(base)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (base / "skipped" / "a.jsonl").read_bytes() == original
     report = json.loads((base / "skipped" / "a.jsonl.skipped.json").read_text())
-    assert report["examples_trained"] == 8 and report["examples"] == 64 and report["steps"] == [1, 1]
+    assert report["examples_trained"] == 8 * int(step) and report["steps"] == [1, int(step)]
     assert not (base / ".skip").exists() and not under_inbox(base, "a.jsonl")
     done = {r["name"]: r for r in _ledger(base)["files_done"]}
-    assert (done["a.jsonl"]["status"], done["a.jsonl"]["examples_trained"], done["a.jsonl"]["last_step"]) == \
-        ("skipped", 8, 1)
-    assert (done["b.jsonl"]["status"], done["b.jsonl"]["first_step"], done["b.jsonl"]["last_step"]) == ("done", 2, 3)
+    assert (done["a.jsonl"]["status"], done["a.jsonl"]["last_step"]) == ("skipped", int(step))
+    assert (done["b.jsonl"]["status"], done["b.jsonl"]["first_step"]) == ("done", int(step) + 1)
     text = log_text(base)
     assert text.count("File a.jsonl (#1)") == 1, "a.jsonl must never be trained again"
     assert "already carried out before the restart" in text
 
 
 def test_skip_mid_file_drops_the_prefetched_batch_and_trains_the_next_file_at_the_next_step(base: Path):
-    """With accumulation 2, a skip after step 1 ends file a there (16 examples trained, not 24:
-    the micro-batch the loader had fetched is dropped) and file b starts at step 2."""
+    """With accumulation 2, a skip ends file a at a step S (16 examples per step, none of the
+    micro-batch the loader had fetched) and file b starts at S + 1; the LR schedule stays on
+    the global step (Lightning steps the scheduler for the dropped micro-batch)."""
     now = time.time()
-    write_jsonl(base / "inbox" / "a.jsonl", 80, seed=3, mtime=now - 20)
+    write_jsonl(base / "inbox" / "a.jsonl", 4000, seed=3, mtime=now - 20)
     write_jsonl(base / "inbox" / "b.jsonl", 16, seed=4, mtime=now - 10)
-    (base / ".skip").touch()
+    helper = _skip_when_training(base, "a.jsonl", 2)
     assert train_here(base, "daemon.exit_when_idle=true", "trainer.accumulate_grad_batches=2") == 0
+    helper.join()
     done = {r["name"]: r for r in _ledger(base)["files_done"]}
-    assert (done["a.jsonl"]["status"], done["a.jsonl"]["examples_trained"]) == ("skipped", 16)
-    assert (done["b.jsonl"]["first_step"], done["b.jsonl"]["last_step"], done["b.jsonl"]["status"]) == (2, 2, "done")
-    assert _ledger(base)["examples_trained_total"] == 32
+    step = done["a.jsonl"]["last_step"]
+    assert (done["a.jsonl"]["status"], done["a.jsonl"]["examples_trained"]) == ("skipped", 16 * step)
+    assert (done["b.jsonl"]["first_step"], done["b.jsonl"]["last_step"], done["b.jsonl"]["status"]) == \
+        (step + 1, step + 1, "done")
+    assert _ledger(base)["examples_trained_total"] == 16 * step + 16
     assert (base / "skipped" / "a.jsonl").is_file() and not (base / ".skip").exists()
-    # Lightning steps the scheduler for the dropped micro-batch: it must be back on the global step
     assert main(["verify", "--base-dir", str(base)]) == 0
+
+
+def test_a_skip_that_names_a_file_no_longer_training_is_dropped_not_applied_to_the_next(base: Path):
+    """A `.skip` for a file that ended before the daemon saw it (or arriving while idle) is
+    removed with a log line; the files after it train whole."""
+    write_jsonl(base / "inbox" / "a.jsonl", 24, seed=5)
+    (base / ".skip").write_text(json.dumps({"id": "late", "file": "earlier.jsonl"}))
+    assert train_here(base, "daemon.exit_when_idle=true") == 0
+    assert not (base / ".skip").exists() and not (base / "skipped").exists()
+    assert _ledger(base)["files_done"][0]["status"] == "done"
+    assert "it asked to skip earlier.jsonl" in log_text(base)
+
+
+def test_train_script_skipped_exits_76_and_never_retrains_that_file(base: Path, tmp_path: Path):
+    data = write_jsonl(tmp_path / "part.jsonl", 4000, seed=6)
+    helper = _skip_when_training(base, "part.jsonl", 2)
+    assert train_here(base, *one_file(data)) == EXIT_SKIPPED
+    helper.join()
+    record = _ledger(base)["files_done"][-1]
+    assert record["status"] == "skipped" and data.exists()  # train.py never moves its file
+    step = _ledger(base)["files_done"][-1]["last_step"]
+    assert train_here(base, *one_file(data)) == EXIT_SKIPPED  # the pipeline's retry trains nothing
+    assert newest(base).name == f"checkpoint-{step}" and "not training it again" in log_text(base)
 
 
 def test_train_script_exits_with_its_own_code_when_a_stop_leaves_the_file_unfinished(base: Path, tmp_path: Path,

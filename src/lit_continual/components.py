@@ -23,7 +23,7 @@ from lit_continual.models import LoadedModel
 
 # Keys of ours inside a target's node (not passed to it), and arguments the daemon passes.
 OURS = {"trainer": ("num_threads",), "model": ("name",)}
-PASSED = {"optim": ("params",), "scheduler": ("step",), "model": ("base_dir",)}
+PASSED = {"optim": ("params",), "scheduler": ("step", "file"), "model": ("base_dir",)}
 FUSED = (torch.optim.AdamW, torch.optim.Adam)  # fused where the device allows, as HF Trainer does
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 
@@ -144,7 +144,8 @@ def optimizer(cfg: DictConfig) -> tuple[Callable[[list], torch.optim.Optimizer],
 
 
 def schedule(cfg: DictConfig) -> Callable[[int], float]:
-    """step -> LR multiplier, from `scheduler._target_` (a pure function of the step)."""
+    """step -> LR multiplier, from `scheduler._target_` (a pure function of the step; one that
+    takes `file` is also given the file being trained: schedule.takes_file)."""
     return instantiate(cfg.scheduler, _convert_="all")
 
 

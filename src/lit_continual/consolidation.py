@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -41,9 +42,11 @@ class ConsolidationError(RuntimeError):
     """The merge could not be made (no checkpoint, missing base, the child failed)."""
 
 
-def consolidate(base_dir: Path, checkpoint: Path | None = None, timeout: float | None = None) -> Path:
+def consolidate(base_dir: Path, checkpoint: Path | None = None, timeout: float | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> Path:
     """Merge `checkpoint` (a checkpoint or snapshot dir; default: the newest checkpoint) into
-    its base in a child process; return `DIR/consolidated/step-<N>` (existing: returned as is)."""
+    its base in a child process; return `DIR/consolidated/step-<N>` (existing: returned as is).
+    `cancelled()` is polled twice a second: true (a stop request) terminates the child."""
     base_dir = Path(base_dir).resolve()
     source = Path(checkpoint) if checkpoint is not None else snapshots.newest_checkpoint(base_dir)
     if source is None:
@@ -66,12 +69,15 @@ def consolidate(base_dir: Path, checkpoint: Path | None = None, timeout: float |
                    "--base", str(model_dir), "--dtype", target_dtype(source, model_dir),
                    "--step", str(step), "--source", _shown(source, base_dir), "--out", str(final)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        done = _run_child(command, env, timeout, cancelled)
     except (OSError, subprocess.TimeoutExpired) as err:
         _failed(root, step, str(err))
         raise ConsolidationError(f"consolidating {source.name}: {err}") from err
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if done is None:
+        snapshots.remove_leftovers(root)
+        raise ConsolidationError(f"consolidating {source.name}: stopped by a stop request (nothing written)")
     if done.returncode != 0 or not final.is_dir():
         tail = " | ".join(line for line in (done.stderr or "").strip().splitlines()[-5:])
         _failed(root, step, tail)
@@ -79,6 +85,26 @@ def consolidate(base_dir: Path, checkpoint: Path | None = None, timeout: float |
     (root / f".failed-step-{step}.json").unlink(missing_ok=True)
     log.debug("Consolidated %s into %s in %.1f s", source.name, final, time.monotonic() - started)
     return final
+
+
+def _run_child(command: list[str], env: dict, timeout: float | None,
+               cancelled: Callable[[], bool]) -> subprocess.CompletedProcess | None:
+    """Run the merge child; None if `cancelled()` turned true (the child is terminated)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:
+        while True:
+            try:
+                out, err = child.communicate(timeout=0.5)
+                return subprocess.CompletedProcess(command, child.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if cancelled():
+                    child.terminate()
+                    child.communicate()
+                    return None
+                if deadline is not None and time.monotonic() > deadline:
+                    child.kill()
+                    child.communicate()
+                    raise
 
 
 def step_of_source(source: Path) -> int:
@@ -148,13 +174,14 @@ def prune(base_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
-def consolidate_and_prune(base_dir: Path, keep: int, checkpoint: Path | None = None) -> dict:
+def consolidate_and_prune(base_dir: Path, keep: int, checkpoint: Path | None = None,
+                          cancelled: Callable[[], bool] = lambda: False) -> dict:
     """Consolidate, then prune: the result both the daemon's answer and the command print
     (ok, path, step, seconds, pruned; or ok=False and error). The caller logs it; only
     deletions are logged here."""
     started = time.monotonic()
     try:
-        path = consolidate(base_dir, checkpoint)
+        path = consolidate(base_dir, checkpoint, cancelled=cancelled)
         pruned = prune(base_dir, keep)
     except (ConsolidationError, OSError) as err:
         return {"ok": False, "error": str(err)}

@@ -34,7 +34,11 @@ def touch(base_dir: Path, name: str) -> Path:
 
 
 def ask(base_dir: Path, kind: str) -> str:
-    """Leave a `kind` request (SNAPSHOT or CONSOLIDATE) for the daemon; return its id."""
+    """Leave a `kind` request (SNAPSHOT or CONSOLIDATE) for the daemon; return its id. A request
+    of that kind already waiting is joined (its id returned): one answer serves both commands."""
+    waiting = pending(base_dir, kind)
+    if waiting is not None and waiting != "unnamed":
+        return waiting
     request_id = uuid.uuid4().hex
     atomic.write_json(base_dir / f".{kind}", {"id": request_id, "requested_at": _now()}, durable=False)
     return request_id

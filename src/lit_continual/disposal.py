@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lit_continual.claims import Claim, Claims, SourceUnreadable
 from lit_continual.inbox import Inbox
+from lit_continual.layout import sha256_file
 from lit_continual.ledger import FileRecord, Ledger
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
@@ -46,8 +47,8 @@ class Disposal:
             if path.parent == self.claims.dir:
                 self.claims.release(path, name)
             self.inbox.expect_change()
-        elif disposal.startswith(FAILED):
-            self.reject_path(path, name, disposal[len(FAILED):], inode=inode)
+        elif disposal.startswith(FAILED):  # a trained (finished) file: counted already
+            self.reject_path(path, name, disposal[len(FAILED):], inode=inode, counted=False)
         elif disposal == SKIPPED:
             self.skip(path, name, inode, record)
 
@@ -60,6 +61,11 @@ class Disposal:
         def attempt() -> tuple[Path, str | None] | None:
             if not path.exists() and not path.is_symlink():
                 return None  # moved already (a replay after a restart)
+            copied = skipped_dir / name
+            if copied.is_file() and copied.stat().st_size == record.size and sha256_file(copied) == record.sha256:
+                # copied by an earlier process whose unlink was refused (an inbox that will not let go)
+                problem = self.claims.delete_path(path, name, inode or None)
+                return copied, problem
             try:
                 return self.claims.set_aside(path, name, skipped_dir, ".skipped.json", report)
             except FileNotFoundError:
@@ -98,15 +104,15 @@ class Disposal:
         self.reject_path(claim.path, claim.name, reason, sha256, report, claim.stat.st_ino)
 
     def reject_path(self, path: Path, name: str, reason: str, sha256: str | None = None,
-                    report: dict | None = None, inode: int | None = None) -> None:
+                    report: dict | None = None, inode: int | None = None, counted: bool = True) -> None:
         kept = self._quarantine(path, name, reason, report or {})
         if kept is None:
-            self._ledger().reject(name, sha256, reason)
+            self._ledger().reject(name, sha256, reason, counted=counted)
             if inode is not None:
                 self.inbox.ignored.discard((name, inode))
             return
         inode = inode if inode is not None else _inode(path)
-        self._ledger().reject(name, sha256, reason, kept_inode=inode)
+        self._ledger().reject(name, sha256, reason, kept_inode=inode, counted=counted)
         self.left_in_inbox(name, inode, f"copied to failed/ but cannot be removed ({kept})")
 
     def left_in_inbox(self, name: str, inode: int | None, why: str) -> None:

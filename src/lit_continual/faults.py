@@ -1,5 +1,6 @@
 """Test-only fault injection: `LIT_CONTINUAL_FAULT=<point>@<step>` SIGKILLs this process there.
 
+`<point>@*` kills at the point's first occurrence.
 Points: `train` (an optimizer step is about to run), `step` (after the optimizer step, before
 any checkpoint), `checkpoint-tmp` (temp dir written and fsynced, before the rename),
 `retention` (an old checkpoint renamed to .trash-*, before it is deleted), `before-delete`
@@ -16,6 +17,7 @@ _SPEC = os.environ.get(ENV, "")
 
 
 def point(name: str, step: int) -> None:
-    """SIGKILL this process if the fault spec names this point and step."""
-    if _SPEC and _SPEC == f"{name}@{step}":
+    """SIGKILL this process if the fault spec names this point and step (`<point>@*`: the
+    first time the point is reached)."""
+    if _SPEC and _SPEC in (f"{name}@{step}", f"{name}@*"):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_continual import checkpoints, components
 from lit_continual.callbacks import (
     Checkpointer,
+    Evaluation,
     FileLifecycle,
     FileProgressBar,
     LoggerRuns,
@@ -47,9 +48,10 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is depre
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def fit(cfg: DictConfig, ctx: RunContext) -> int:
+def fit(cfg: DictConfig, ctx: RunContext) -> tuple[int, int]:
     """Train until the stream ends (stop request, drained inbox or the single file done);
-    return how many files were trained to their end (durably) by this process."""
+    return how many files this process trained to their end and how many were skipped by an
+    operator (durably; train.py's file skipped earlier in the run counts as skipped)."""
     components.check(cfg)  # every open node against its target, before the model loads
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
@@ -94,17 +96,20 @@ def fit(cfg: DictConfig, ctx: RunContext) -> int:
         raise ConfigError(f"Lightning refused the configuration: {err}") from err
     finally:
         datamodule.feed.close()
-    return lifecycle.completed
+    return lifecycle.completed, lifecycle.skipped + int(getattr(datamodule.feed, "already_skipped", False))
 
 
 def _core_callbacks(cfg: DictConfig, ctx: RunContext, lifecycle: FileLifecycle, loggers: dict) -> list:
     """The callbacks that carry the run's guarantees; config can tune but never remove them."""
     nonfinite = NonFiniteGuard(cfg.daemon.max_nonfinite, ctx.status)
     saving = cfg.callbacks.model_checkpoint
-    # Order matters: the loss entry of step N is logged before checkpoint N is written, and
-    # Lightning runs the checkpointer (a ModelCheckpoint) after all the others.
-    core = [StopSignals(ctx.stop), RngState(), nonfinite, StepOffset(),
-            LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, ctx.status, nonfinite),
+    history = LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, ctx.status, nonfinite)
+    # Order matters: the loss entry of step N is logged before checkpoint N is written; the
+    # evaluation of step N comes before the file lifecycle (a stop that interrupts it stops at
+    # N) and before checkpoint N (which holds its result); Lightning runs the checkpointer (a
+    # ModelCheckpoint) after all the others.
+    core = [StopSignals(ctx.stop), RngState(), nonfinite, StepOffset(), history,
+            Evaluation.from_config(cfg, lifecycle.dm.encoder.tokenizer, history, ctx),
             lifecycle, *([OperatorControls(ctx.ops, lifecycle)] if ctx.ops is not None else []), LoggerRuns(loggers),
             Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb,
                          Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds))]

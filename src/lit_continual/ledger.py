@@ -94,12 +94,14 @@ class Ledger:
         del self.files_done[: -self.max_done]
         return record
 
-    def reject(self, name: str, sha256: str | None, reason: str, kept_inode: int | None = None) -> None:
+    def reject(self, name: str, sha256: str | None, reason: str, kept_inode: int | None = None,
+               counted: bool = True) -> None:
         """Record a file moved to failed/ without training (newest `max_done` kept).
 
         `kept_inode`: it was copied to failed/ but the original could not be removed (an inbox
         that refuses unlink); a later process recognises it and leaves it alone."""
-        self.counts["rejected"] = self.counts.get("rejected", 0) + 1
+        if counted:  # not for a file already counted as finished (trained, then moved to failed/)
+            self.counts["rejected"] = self.counts.get("rejected", 0) + 1
         entry = {"name": name, "sha256": sha256, "reason": reason}
         if kept_inode is not None:
             entry["kept_inode"] = kept_inode
@@ -118,10 +120,10 @@ class Ledger:
                     None)
 
     def find_done_in_place(self, record: FileRecord) -> FileRecord | None:
-        """The done entry trained in place (an inbox that refuses renames) that is this very
+        """The done (or skipped) entry trained in place (an inbox that refuses renames) that is this very
         file: same name, inode and sha256 (its delete was interrupted or refused), if any. ctime
         and mtime are not compared: a hard link, chmod or touch must not make it new again."""
-        return next((r for r in reversed(self.files_done) if r.status == "done" and r.claimed_as is None
+        return next((r for r in reversed(self.files_done) if r.status in ("done", "skipped") and r.claimed_as is None
                      and (r.name, r.inode, r.sha256) == (record.name, record.inode, record.sha256)), None)
 
     def find_legacy_done(self, name: str, inode: int, ctime_ns: int) -> FileRecord | None:

@@ -34,8 +34,11 @@ class BaseDirLocked(RuntimeError):
 class RunLock:
     """Held for the life of a run; `with RunLock(dir):` or acquire()/release()."""
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, role: str = "daemon") -> None:
+        """`role`: what holds it, recorded in `.lock` ("daemon", or a command such as
+        "lit-continual snapshot": a daemon starting meanwhile waits for a command, not for a daemon)."""
         self.path = base_dir / ".lock"
+        self.role = role
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -48,7 +51,7 @@ class RunLock:
             os.close(fd)
             raise BaseDirLocked(f"{self.path.parent} is locked by {_holder(self.path)}") from None
         self._fd = fd
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "role": self.role,
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "start_time": process_start(os.getpid()), "boot_id": _boot_id(), "pid_ns": _pid_ns()}
         try:

@@ -92,6 +92,8 @@ class StatusCollector(Collector):
                      "(logging.every_n_steps).", fields.get("tokens_per_second"))
         yield _gauge("loss", "Mean training loss over the last logging window.", fields.get("loss"))
         yield _gauge("learning_rate", "Learning rate of the last logged optimizer step.", fields.get("learning_rate"))
+        yield _gauge("eval_loss", "Mean token loss on DIR/eval/*.jsonl at the newest evaluation (absent before "
+                     "the first).", fields.get("eval_loss"))
         yield _gauge("queue_files", "Files waiting in the inbox (claimed but not started included, "
                      "the file in training not).", fields.get("batch_queue_size"))
         yield _gauge("warnings", "Standing warnings in the status file.", len(fields.get("warnings") or []))

@@ -13,6 +13,7 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.records import IGNORE
+from lit_continual.schedule import FileSpan, takes_file
 
 log = logging.getLogger("lit_continual")
 
@@ -35,11 +36,15 @@ class LoRAModule(L.LightningModule):
     def __init__(self, model: PeftModel, optimizer: Callable[..., torch.optim.Optimizer], hyperparameters: dict,
                  schedule: Callable[[int], float], run_config: dict) -> None:
         """`optimizer(params)` builds the configured optimizer; `hyperparameters` are its
-        configured keywords (re-applied after a resume); `schedule(step)` multiplies the LR."""
+        configured keywords (re-applied after a resume); `schedule(step)` multiplies the LR
+        (`schedule(step, file=FileSpan)` for a schedule that takes the file being trained)."""
         super().__init__()
         self.model = model
         self.run_config = run_config  # resolved config, stored in every checkpoint
         self.optimizer_factory, self.hyperparameters, self.schedule = optimizer, hyperparameters, schedule
+        # The file a file-aware schedule is given: read from each batch (its first step is in the
+        # ledger), so it is never state of its own and a restart mid-file finds the same span.
+        self.takes_file, self.file_span = takes_file(schedule), None
         # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
         self.strict_loading = False
         self.window_loss = torch.zeros(())  # mean loss of the accumulation window in progress
@@ -66,20 +71,26 @@ class LoRAModule(L.LightningModule):
         that the loader fetched before the skip; the next epoch starts with the next file.
 
         Lightning steps the LR scheduler even for such a dropped batch, so the schedule is put
-        back on the global step before the next step trains (the LR is a function of it)."""
-        if batch[INFO].file.status == "skipped":
+        back on the global step before the next step trains (the LR is a function of it), and a
+        file-aware schedule is re-evaluated when a new file starts."""
+        info: BatchInfo = batch[INFO]
+        if info.file.status == "skipped":
             return -1
+        step = self.trainer.global_step
+        span = FileSpan(info.file.first_step if info.file.first_step is not None else step + 1,
+                        info.file_steps_total) if self.takes_file else None
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        if scheduler.last_epoch != self.trainer.global_step:
+        if scheduler.last_epoch != step or span != self.file_span:
+            self.file_span = span
             self._set_lr(self.trainer.optimizers[0], scheduler, float(self.hyperparameters["lr"]))
         return None
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        schedule = self.schedule
+        factor = self.lr_factor
         # A plain function (not the partial itself): LambdaLR then saves no lambda state.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -110,8 +121,12 @@ class LoRAModule(L.LightningModule):
         step = self.trainer.global_step  # the schedule's input, never the restored scheduler's own count
         scheduler.last_epoch = step
         for group in optimizer.param_groups:
-            group["lr"] = lr * self.schedule(step)
+            group["lr"] = lr * self.lr_factor(step)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule's LR multiplier after `step` completed steps (in the current file)."""
+        return self.schedule(step, file=self.file_span) if self.takes_file else self.schedule(step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # PEFT's own key names and filtering: the saved file loads with stock peft.

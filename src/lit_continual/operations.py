@@ -9,10 +9,11 @@ it out at the end of the current optimizer step (callbacks/controls.py) or while
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -22,6 +23,10 @@ from lit_continual.status import Status
 from lit_continual.stop import StopRequest
 
 log = logging.getLogger("lit_continual")
+
+CLOCK_SLACK = timedelta(minutes=5)  # a schedule handled later than now + this: the clock was set back
+NOTHING_YET = "no checkpoint yet"  # how snapshots/consolidation say a new run has nothing to copy
+LIVE = ("starting", "training", "idle", "pausing", "paused", "skipping", "error")  # may be acknowledged as stopping
 
 
 class Operations:
@@ -40,10 +45,11 @@ class Operations:
         self.consolidation = Trigger(base_dir, cfg.consolidate.schedule)
         self.housekeeping = Housekeeping(cfg, base_dir)
         self.pause = False  # `.pause` seen, not acted on yet
-        self.skip_id: str | None = None  # the `.skip` request seen (its identity), not acted on yet
+        self.skip: tuple[str, str | None] | None = None  # the `.skip` seen (identity, file named), not acted on
         self.consumed_skip: str | None = None  # the last `.skip` acted on (saved in every checkpoint)
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._complaints: set[str] = set()
 
     # -- seeing requests (background thread) ----------------------------------------------
 
@@ -54,7 +60,10 @@ class Operations:
 
         def loop() -> None:
             while not self._closed.wait(self.poll_seconds):
-                self.look()
+                try:
+                    self.look()
+                except Exception as err:  # a control file no one expects (a directory, ...): never fatal
+                    self._complain(f"looking at the control files: {type(err).__name__}: {err}")
 
         self._thread = threading.Thread(target=loop, name="control-watch", daemon=True)
         self._thread.start()
@@ -64,60 +73,88 @@ class Operations:
 
     def look(self) -> None:
         """Latch and acknowledge the requests now present."""
-        state = self.status.fields["status"]
         if self.stop.signal is not None or self.stop.stop_file.exists():
-            if state not in ("stopping", "stopped", "error"):
-                self.status.update(status="stopping")
+            self.status.transition(LIVE, "stopping")
             return
         if not self.pause and (self.base_dir / controls.PAUSE).exists():
             self.pause = True
             log.info("%s seen: pausing after the current optimizer step", controls.PAUSE)
-            if state == "training":
-                self.status.update(status="pausing")
+            self.status.transition(("starting", "training", "skipping"), "pausing")
         resume = self.base_dir / controls.RESUME
-        if not self.pause and state not in ("paused", "pausing") and resume.exists():
+        if not self.pause and self.status.fields["status"] not in ("paused", "pausing") and resume.exists():
             resume.unlink(missing_ok=True)  # left over (a kill while paused): it must not undo the next pause
             log.info("%s removed: nothing was paused", controls.RESUME)
         skip = self._skip_request()
-        if skip is not None and skip != self.skip_id:
-            self.skip_id = skip
-            log.info("%s seen: skipping the rest of the current file after the current optimizer step",
-                     controls.SKIP)
-            if state == "training":
-                self.status.update(status="skipping")
+        if skip is not None and skip != self.skip and skip[0] != self.consumed_skip:
+            self.skip = skip
+            named = f" ({skip[1]})" if skip[1] else ""
+            log.info("%s seen%s: skipping the rest of the file being trained after the current optimizer step",
+                     controls.SKIP, named)
+            self.status.transition(("training",), "skipping")
 
-    def _skip_request(self) -> str | None:
-        """The identity of the `.skip` file (its content, else inode and mtime), or None."""
+    def _skip_request(self) -> tuple[str, str | None] | None:
+        """The `.skip` request: (its identity, the file it names or None), or None.
+
+        `lit-continual skip` writes {"id", "file"}; a file touched by hand is identified by its
+        inode and mtime and applies to whatever file is being trained."""
         path = self.base_dir / controls.SKIP
         try:
             st = path.stat()
             content = path.read_text(errors="replace").strip()
         except OSError:
             return None
-        return content or f"{st.st_ino}:{st.st_mtime_ns}"
+        try:
+            request = json.loads(content)
+            return str(request["id"]), (str(request["file"]) if request.get("file") else None)
+        except (ValueError, KeyError, TypeError):
+            return content or f"{st.st_ino}:{st.st_mtime_ns}", None
+
+    def _complain(self, message: str) -> None:
+        """Log a problem of the operator machinery once per message; training goes on."""
+        if message not in self._complaints:
+            self._complaints.add(message)
+            log.warning("%s", message)
 
     # -- what the training thread asks --------------------------------------------------
 
     def wanted(self, file_end: bool) -> bool:
         """Does this step boundary have work: a request or a due snapshot (a scheduled
         consolidation waits for a file boundary: `at_boundary(file_end=True)` asks it there)?"""
-        return self.pause or self.skip_wanted() or self._requested() or self._snapshot_due() or file_end
+        return self.pause or self.skip is not None or self._requested() or self._snapshot_due() or file_end
 
-    def skip_wanted(self) -> bool:
-        return self.skip_id is not None and self.skip_id != self.consumed_skip
+    def skip_wanted(self, current: str | None = None) -> bool:
+        """A skip request applies to the file being trained, `current` (None: no file is
+        training). One naming another file, or arriving while none trains, is dropped."""
+        if self.skip is None or self.skip[0] == self.consumed_skip:
+            return False
+        named = self.skip[1]
+        if current is None or (named is not None and named != current):
+            why = "no file is being trained" if current is None else f"{current} is being trained now"
+            log.info("%s removed: it asked to skip %s, but %s", controls.SKIP, named or "the current file", why)
+            self._remove_skip(self.skip[0])
+            self.skip = None
+            self.status.transition(("skipping",), "training" if current else "idle")
+            return False
+        return True
 
     def skip_done(self) -> None:
         """The skip is in a durable checkpoint: the request file goes."""
-        if self._skip_request() == self.consumed_skip:
+        self._remove_skip(self.consumed_skip)
+        self.skip = None
+
+    def _remove_skip(self, identity: str | None) -> None:
+        request = self._skip_request()
+        if request is not None and request[0] == identity:
             (self.base_dir / controls.SKIP).unlink(missing_ok=True)
-        self.skip_id = None
 
     def forget_consumed_skip(self) -> None:
         """At start: a `.skip` the restored checkpoint already carried out (killed before its
         removal) is removed, never applied to the next file."""
-        if self.consumed_skip is not None and self._skip_request() == self.consumed_skip:
+        request = self._skip_request()
+        if self.consumed_skip is not None and request is not None and request[0] == self.consumed_skip:
             log.info("%s was already carried out before the restart: removing it", controls.SKIP)
             (self.base_dir / controls.SKIP).unlink(missing_ok=True)
+            self.skip = None
 
     def _requested(self) -> bool:
         return any(controls.pending(self.base_dir, kind) for kind in controls.REQUESTS)
@@ -126,16 +163,36 @@ class Operations:
         if self.snapshot_schedule.expr is None:
             return False
         if self._next_snapshot is None:  # reads (or starts) the schedule's state once
-            if self.snapshot_schedule.due():
-                return True
-            self._next_snapshot = self.snapshot_schedule.next_after(self.snapshot_schedule.last_handled())
+            try:
+                if self.snapshot_schedule.due():
+                    return True
+                last = self.snapshot_schedule.last_handled() or datetime.now()
+            except OSError as err:  # the state cannot be written (a full disk): from now, in memory
+                self._complain(f"snapshot schedule state: {err}")
+                last = datetime.now()
+            if last > datetime.now() + CLOCK_SLACK:  # handled "in the future": the clock was ahead
+                log.warning("The snapshot schedule was last handled at %s, after now: the clock was ahead "
+                            "and was set back; counting from now", last)
+                last = datetime.now()
+                self._mark(self.snapshot_schedule, last)
+            self._next_snapshot = self.snapshot_schedule.next_after(last)
         return datetime.now() >= self._next_snapshot
+
+    def _mark(self, schedule, now: datetime) -> None:
+        """Record a schedule's fire time as handled; a failed write (full disk) is logged, and
+        the in-memory next time keeps it from firing again before its next time."""
+        try:
+            schedule.mark(now)
+        except OSError as err:
+            self._complain(f"could not record the schedule in {schedule.state}: {err}")
 
     # -- carrying them out (training thread) --------------------------------------------
 
     def at_boundary(self, file_end: bool) -> None:
         """After the checkpoint of this step: requests, scheduled jobs, then a pause."""
         self._serve(file_boundary=file_end)
+        if file_end:
+            self._housekeeping()
         if self.pause:
             self._hold()
 
@@ -143,32 +200,56 @@ class Operations:
         """Called while the inbox is empty (every poll): the newest checkpoint is the run's step."""
         if self.stop.requested:
             return
-        self.look()  # a `.skip` waits for a file to skip (`lit-continual skip` refuses while idle)
+        try:
+            self.look()
+        except Exception as err:
+            self._complain(f"looking at the control files: {type(err).__name__}: {err}")
+        self.skip_wanted(None)  # nothing is being trained: a `.skip` now is dropped
         self._serve(file_boundary=True)
         if self.pause:
             self._hold()
-        self.housekeeping.maybe_run()
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        try:
+            self.housekeeping.maybe_run()
+        except Exception as err:
+            self._complain(f"housekeeping: {type(err).__name__}: {err}")
 
     def _serve(self, file_boundary: bool) -> None:
-        from lit_continual import consolidation, snapshots
+        """Requests, then scheduled jobs. Never raises: nothing here may stop training."""
+        try:
+            self._serve_requests()
+            self._serve_schedules(file_boundary)
+        except Exception as err:
+            self._complain(f"snapshot/consolidation machinery: {type(err).__name__}: {err}")
 
+    def _serve_requests(self) -> None:
         for kind in controls.REQUESTS:
             request_id = controls.pending(self.base_dir, kind)
             if request_id is not None:
-                controls.answer(self.base_dir, kind, request_id, self._carry_out(kind, "Requested"))
+                result = self._carry_out(kind, "Requested")
+                try:
+                    controls.answer(self.base_dir, kind, request_id, result)
+                except OSError as err:  # `.snapshot` made a directory, a full disk, ...
+                    self._complain(f"could not answer the {kind} request: {err}")
+
+    def _serve_schedules(self, file_boundary: bool) -> None:
+        from lit_continual import consolidation, snapshots
+
         if self._snapshot_due():
             now = datetime.now()
             self._carry_out(controls.SNAPSHOT, "Scheduled", lambda: snapshots.take_and_prune(
                 self.base_dir, self.keep_days, now, scheduled=True))
-            self.snapshot_schedule.mark(now)
-            self._next_snapshot = None
+            self._next_snapshot = self.snapshot_schedule.next_after(now)
+            self._mark(self.snapshot_schedule, now)
         if file_boundary:
             now = datetime.now()
             source = self.consolidation.due(now)
             if source is not None:
                 self._carry_out(controls.CONSOLIDATE, "Scheduled", lambda: consolidation.consolidate_and_prune(
-                    self.base_dir, self.consolidate_keep, source))
-                self.consolidation.mark(now)
+                    self.base_dir, self.consolidate_keep, source, cancelled=lambda: self.stop.requested))
+                self._mark(self.consolidation, now)
 
     def _carry_out(self, kind: str, why: str, job=None) -> dict:
         """Take a snapshot or consolidate now (never raises: a failure never stops training);
@@ -177,13 +258,17 @@ class Operations:
 
         if job is None:
             job = (lambda: snapshots.take_and_prune(self.base_dir, self.keep_days)) if kind == controls.SNAPSHOT \
-                else (lambda: consolidation.consolidate_and_prune(self.base_dir, self.consolidate_keep))
+                else (lambda: consolidation.consolidate_and_prune(self.base_dir, self.consolidate_keep,
+                                                                  cancelled=lambda: self.stop.requested))
         try:
             result = job()
         except Exception as err:
             result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         if not result["ok"]:
-            log.error("%s %s failed: %s", why, kind, result["error"])
+            if str(result["error"]).startswith(NOTHING_YET):  # a new run: not a failure
+                log.info("%s %s: %s", why, kind, result["error"])
+            else:
+                log.error("%s %s failed: %s", why, kind, result["error"])
             return result
         path = Path(result["path"])
         log.info("%s %s: %s (step %s) in %.2f s", why, kind, path.relative_to(self.base_dir), result["step"],
@@ -201,7 +286,7 @@ class Operations:
         resume = self.base_dir / controls.RESUME
         before = self.status.fields["status"]
         step = self.status.fields["current_step"]
-        self.status.update(status="paused", write=True)
+        self.status.update(status="paused", write=True)  # (under the status lock: `look` never undoes it)
         log.info("Paused at step %d: `lit-continual resume --base-dir %s` (or touch %s) to go on",
                  step, self.base_dir, resume)
         started = time.monotonic()

@@ -33,10 +33,22 @@ class Verification:
         return all(check.ok for check in self.checks)
 
 
+ATTEMPTS = 3  # a live daemon may prune a checkpoint while it is read: look again
+
+
 def verify(base_dir: Path) -> Verification:
-    """Run every check on an existing base dir."""
-    survey = Survey.of(base_dir)
-    return Verification(survey, [check(survey) for check in CHECKS], operator.needs_operator(survey))
+    """Run every check on an existing base dir. A file that vanishes while it is read (retention
+    of a running daemon removed that checkpoint) means the survey is stale: it is taken again."""
+    for attempt in range(ATTEMPTS):
+        try:
+            survey = Survey.of(base_dir)
+            result = Verification(survey, [check(survey) for check in CHECKS], operator.needs_operator(survey))
+            text(result)  # the report reads sizes too
+            return result
+        except FileNotFoundError:
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def missing(base_dir: Path) -> str | None:
@@ -99,7 +111,8 @@ def _checkpoint_line(path: Path, problem: str | None) -> str:
 def _newest_lines(survey: Survey, path: Path) -> list[str]:
     """Ledger and loss of the newest intact checkpoint: the one a restart would resume from."""
     ledger = survey.read(path, layout.LEDGER)
-    history = survey.read(path, layout.TRAINER_STATE).get("log_history") or []
+    entries = survey.read(path, layout.TRAINER_STATE).get("log_history") or []
+    history = [e for e in entries if "loss" in e]  # training entries (evaluation ones hold eval_loss)
     source = "the newest checkpoint" if path == survey.found[-1] else f"{path.name}, the newest intact one"
     lines = ["", f"Files consumed (ledger of {source}):"]
     for rec in ledger.get("files_done") or []:
@@ -113,6 +126,10 @@ def _newest_lines(survey: Survey, path: Path) -> list[str]:
         first, last = history[0], history[-1]
         lines += ["", f"Loss: first logged {first['loss']:.4f} at step {first['step']}, "
                       f"last {last['loss']:.4f} at step {last['step']}"]
+    evals = [e for e in entries if "eval_loss" in e]
+    if evals:
+        lines.append(f"Eval loss (DIR/eval): first {evals[0]['eval_loss']:.4f} at step {evals[0]['step']}, "
+                     f"last {evals[-1]['eval_loss']:.4f} at step {evals[-1]['step']}")
     return lines
 
 

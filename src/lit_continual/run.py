@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +18,7 @@ from lit_continual import __version__, layout, logs, metrics
 from lit_continual.config import EXIT_CONFIG_ERROR, ConfigError, prepare
 from lit_continual.context import RunContext
 from lit_continual.crash_guard import CrashGuard
-from lit_continual.lock import EXIT_LOCKED, BaseDirLocked, RunLock
+from lit_continual.lock import EXIT_LOCKED, BaseDirLocked, RunLock, read_holder
 from lit_continual.operations import Operations
 from lit_continual.status import Status
 from lit_continual.stop import StopRequest
@@ -26,6 +27,12 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 # train.py (data=inbox_file) whose file was not finished because a stop was requested (a
 # leftover .stop included): a pipeline must never read "done" (EX_TEMPFAIL: run it again).
 EXIT_STOPPED = 75
+# train.py whose file an operator skipped (now, or earlier in the run): recorded `skipped`, not
+# trained to its end, and not to be retried.
+EXIT_SKIPPED = 76
+# How long a starting daemon waits for an operator command that holds the base dir (a
+# consolidation of a big model takes minutes); a daemon holding it is exit 3 at once.
+COMMAND_WAIT_SECONDS = 3600
 LAYOUT = ("inbox", "current_model", "status", "logs", "tensorboard", "failed")
 
 log = logging.getLogger("lit_continual")
@@ -43,8 +50,9 @@ def train(cfg: DictConfig) -> int:
     try:
         lock.acquire()  # first thing: a second process must write nothing under DIR
     except BaseDirLocked as err:
-        print(f"lit-continual: {err}", file=sys.stderr)
-        return EXIT_LOCKED
+        if not _after_command(lock, base_dir):
+            print(f"lit-continual: {err}", file=sys.stderr)
+            return EXIT_LOCKED
     try:
         return _train_locked(cfg, base_dir)
     finally:
@@ -60,8 +68,7 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     stop.install()
     log.info("lit-continual starting in %s (pid %d, version %s)", base_dir, status.fields["pid"], __version__)
     single_file = cfg.data.source == "file"
-    step = _resumed_step(base_dir)
-    status.update(current_step=step, total_steps=step)
+    status.update(**_where_the_run_stands(base_dir))
     if stop.stop_file.exists():
         log.info("%s is present: exiting without training (remove it to start)", stop.stop_file)
         status.update(status="stopped", write=True)
@@ -83,7 +90,7 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
         from lit_continual.fit import fit
 
         try:
-            completed = fit(cfg, RunContext(base_dir, stop, status, guard, ops))
+            completed, skipped = fit(cfg, RunContext(base_dir, stop, status, guard, ops))
         except DataError as err:
             log.error("%s", err)
             status.update(status="error", error=str(err), write=True)
@@ -106,20 +113,56 @@ def _train_locked(cfg: DictConfig, base_dir: Path) -> int:
     status.update(status="stopped", current_file=None, total_steps=status.fields["current_step"],
                   write=True)
     log.info("Stopped at step %d", status.fields["current_step"])
+    if single_file and skipped:
+        log.warning("%s was skipped by an operator: exit code %d (not to be retried)", cfg.data.path, EXIT_SKIPPED)
+        return EXIT_SKIPPED
     if single_file and not completed:
         log.warning("%s was not finished (%s): exit code %d; run the same command again to finish it",
-                    cfg.data.path, stop.reason if stop.requested else
-                    "training ended before its end: an operator's skip, or a callback set trainer.should_stop",
+                    cfg.data.path, stop.reason if stop.requested else "a callback set trainer.should_stop",
                     EXIT_STOPPED)
         return EXIT_STOPPED
     return EXIT_OK
 
 
-def _resumed_step(base_dir: Path) -> int:
-    """The step of the newest complete checkpoint (by name; fit() verifies it): what the status
-    shows while the process starts (torch is not imported yet)."""
+def _after_command(lock: RunLock, base_dir: Path) -> bool:
+    """The holder is an operator command (`snapshot`, `consolidate`, `adopt` with no daemon
+    running), not a daemon: wait for it (up to COMMAND_WAIT_SECONDS) and take the lock. False
+    if a daemon holds it (exit 3), or the command outlives the wait. Writes nothing while waiting."""
+    deadline = time.monotonic() + COMMAND_WAIT_SECONDS
+    told = False
+    while time.monotonic() < deadline:
+        holder = read_holder(base_dir / ".lock")
+        if holder.get("role", "daemon") == "daemon":
+            return False
+        if not told:
+            print(f"lit-continual: waiting for `{holder.get('role')}` (pid {holder.get('pid')}) to release "
+                  f"{base_dir}", file=sys.stderr)
+            told = True
+        time.sleep(1.0)
+        try:
+            lock.acquire()
+            return True
+        except BaseDirLocked:
+            continue
+    return False
+
+
+def _where_the_run_stands(base_dir: Path) -> dict:
+    """Status fields from disk at start (torch is not imported yet), so the first `starting`
+    write already shows them: the newest complete checkpoint's step (fit() verifies it), the
+    run's file counts from its ledger, the newest snapshot and consolidated model. Counters
+    that restarted at 0 would read as resets to Prometheus."""
+    from lit_continual import consolidation, snapshots
+
     found = layout.complete_checkpoints(base_dir)
-    return layout.step_of(found[-1]) if found else 0
+    step = layout.step_of(found[-1]) if found else 0
+    counts = ((layout.read_json(found[-1] / layout.LEDGER) or {}).get("counts") or {}) if found else {}
+    taken, merged = snapshots.listing(base_dir), consolidation.listing(base_dir)
+    return {"current_step": step, "total_steps": step, "files_done": counts.get("done", 0),
+            "files_skipped": counts.get("skipped", 0),
+            "files_failed": sum(counts.get(k, 0) for k in ("failed", "abandoned", "rejected")),
+            "snapshots": len(taken), "last_snapshot": taken[-1].name if taken else None,
+            "last_consolidated": merged[-1].name if merged else None}
 
 
 def _plan(cfg: DictConfig, base_dir: Path) -> str:

@@ -42,6 +42,8 @@ class Status:
             "last_step_at": None, "last_checkpoint_at": None, "last_snapshot": None,
             "last_consolidated": None, "metrics_port": None, "files_done": 0, "files_failed": 0,
             "files_skipped": 0, "nonfinite_steps": 0, "snapshots": 0,
+            # The newest evaluation of DIR/eval/*.jsonl and live samples (callbacks/evaluation.py).
+            "eval_loss": None, "eval_losses": {}, "eval_step": None, "samples": [],
             "started_at": now(), "updated_at": None,
         }
 
@@ -52,6 +54,16 @@ class Status:
             self.fields.update(fields)
         if write or changed:
             self.write()
+
+    def transition(self, from_states: tuple[str, ...], to: str) -> bool:
+        """Set `status` to `to` only if it is now one of `from_states` (checked and set under the
+        lock: an acknowledgement from the watcher thread never overwrites a newer state)."""
+        with self._lock:
+            if self.fields["status"] not in from_states or self.fields["status"] == to:
+                return False
+            self.fields["status"] = to
+        self.write()
+        return True
 
     def warn(self, message: str) -> None:
         """Add a standing warning (the run goes on; `error` is for what stopped it)."""

@@ -44,13 +44,13 @@ class OperatorControls(L.Callback):
         info: BatchInfo = batch[INFO]
         if not info.window_end or trainer.should_stop or not self.ops.wanted(info.file_end):
             return  # a stop comes first: its checkpoint is written and the requests wait for the next start
-        skipping = self.ops.skip_wanted()
+        skipping = self.ops.skip_wanted(info.file.name)
         if skipping:
             if info.file_end:
                 log.info("Nothing left to skip: %s ended at this step", info.file.name)
             else:
                 self.lifecycle.skip(trainer, info)
-            self.ops.consumed_skip = self.ops.skip_id  # saved in the checkpoint below
+            self.ops.consumed_skip = self.ops.skip[0]  # saved in the checkpoint below
         if not trainer.checkpoint_callback.save(trainer, pl_module):
             return  # a stop ended the checkpoint's retries: nothing is carried out
         if skipping:

@@ -47,6 +47,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
         # examples whose update was not applied.
         self.window_examples = 0
         self.completed = 0  # files this process trained to their end, durably
+        self.skipped = 0  # files an operator skipped in this process (durably)
 
     @property
     def state_key(self) -> str:
@@ -127,7 +128,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
         for item in done:
             record = item.record
             if record.status == "skipped":
-                pass  # the move to skipped/ logs it
+                self.skipped += 1  # the move to skipped/ logs it
             elif record.status == "abandoned":
                 log.error("File %s abandoned at step %d with %d example(s) untrained: it could not be read as "
                           "it was claimed", record.name, item.step, record.examples - record.examples_trained)

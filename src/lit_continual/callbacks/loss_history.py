@@ -1,7 +1,8 @@
 """`log_history` (trainer_state.json), TensorBoard scalars and plain log lines, every N steps.
 
-Each entry's loss is the mean training loss over the optimizer steps since the previous entry,
-so the curve is the same whether or not the process restarted in between.
+Each training entry's loss is the mean training loss over the optimizer steps since the
+previous entry, so the curve is the same whether or not the process restarted in between.
+Evaluation entries (`eval_loss`, no `loss`) are added by callbacks/evaluation.py.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class LossHistory(L.Callback):
         fields = self.status.fields
         log.info("step %d/%d file=%s loss=%.4f lr=%.3e tokens/s=%.0f steps/s=%.2f", step,
                  fields["total_steps"], fields["current_file"], loss, self._lr, tokens_per_s, steps_per_s)
+
+    def add(self, entry: dict) -> None:
+        """Another callback's entry at the current step (an evaluation's `eval_loss`; it has no
+        `loss`, as in Hugging Face's trainer_state.json), kept in the same bounded history."""
+        self.log_history.append(entry)
+        del self.log_history[: -self.max_entries]
+
+    def exclude(self, seconds: float) -> None:
+        """Time spent on something else between steps (an evaluation) is not training time:
+        tokens/s and steps/s leave it out."""
+        self._clock += seconds
 
     def state_dict(self) -> dict:
         return {"every_n_steps": self.every_n_steps, "log_history": list(self.log_history),

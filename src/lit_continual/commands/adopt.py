@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     base_dir = Path(args.base_dir).expanduser().resolve()
     cfg = prepare(compose([f"base_dir={base_dir}", *args.overrides]))  # ConfigError: exit 2, nothing written
-    lock = RunLock(base_dir)
+    lock = RunLock(base_dir, role="lit-continual adopt")
     try:
         lock.acquire()
     except BaseDirLocked as err:

@@ -47,14 +47,18 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "resume" and status not in ("paused", "pausing") and not (base_dir / controls.PAUSE).exists():
         print(f"Nothing to resume: the daemon is {status or 'not running'}")
         return 0
-    if args.action == "skip" and alive and status not in ("training", "pausing", "paused", "skipping"):
+    current = _field(base_dir, "current_file")
+    if args.action == "skip" and alive and (status not in ("starting", "training", "pausing", "paused", "skipping")
+                                            or current is None):
         print(f"Nothing to skip: the daemon is {status} (no file is being trained)")
         return 1
     if args.action == "resume":
         (base_dir / controls.PAUSE).unlink(missing_ok=True)  # a pause not acted on yet is cancelled
     path = base_dir / name
     if args.action == "skip":
-        path.write_text(uuid.uuid4().hex + "\n")  # its identity: a kill after the skip never skips twice
+        # Its identity (a kill after the skip never skips twice) and the file it means: a request
+        # that arrives after that file ended is dropped, never applied to the next file.
+        path.write_text(json.dumps({"id": uuid.uuid4().hex, "file": current}) + "\n")
     else:
         path.touch()
     if not alive:
@@ -75,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status(base_dir: Path) -> str | None:
+    return _field(base_dir, "status")
+
+
+def _field(base_dir: Path, name: str) -> object:
     try:
-        return json.loads((base_dir / "status" / "training_status.json").read_text()).get("status")
+        return json.loads((base_dir / "status" / "training_status.json").read_text()).get(name)
     except (OSError, ValueError, AttributeError):
         return None

@@ -27,7 +27,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--base-dir", required=True, help="the run's directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object: {checkpoint, step, files: "
                         "[{name, sha256, examples, examples_trained, first_step, last_step, started_at, "
-                        "finished_at, status, loss, loss_step, bad_lines}], rejected}")
+                        "finished_at, status, loss, loss_step, bad_lines, eval_loss}], rejected}; eval_loss: DIR/eval "
+                        "at the file's last step")
     parser.set_defaults(func=run)
 
 
@@ -69,14 +70,15 @@ def _row(record: dict, losses: list[dict]) -> dict:
             "examples": record.get("examples"), "examples_trained": record.get("examples_trained"),
             "first_step": first, "last_step": last, "started_at": record.get("started_at"),
             "finished_at": record.get("finished_at"), "status": record.get("status"),
-            "loss": loss.get("loss"), "loss_step": loss.get("step"), "bad_lines": record.get("bad_lines")}
+            "loss": loss.get("loss"), "loss_step": loss.get("step"), "bad_lines": record.get("bad_lines"),
+            "eval_loss": next((e["eval_loss"] for e in losses if "eval_loss" in e and e.get("step") == last), None)}
 
 
 def _loss_at_end(losses: list[dict], first: int | None, last: int | None) -> dict:
     """The newest loss entry at or before `last`, if it lies within the file's own steps."""
     if first is None or last is None:
         return {}
-    within = [e for e in losses if isinstance(e.get("step"), int) and first <= e["step"] <= last]
+    within = [e for e in losses if "loss" in e and isinstance(e.get("step"), int) and first <= e["step"] <= last]
     return within[-1] if within else {}
 
 

@@ -60,7 +60,7 @@ def carry_out(args: argparse.Namespace, kind: str, work: Callable[[Path], dict],
         return EXIT_NO_BASE_DIR
     if not logging.getLogger("lit_continual").handlers:  # the one-line reason is ours to print
         logging.getLogger("lit_continual").addHandler(logging.NullHandler())
-    lock = RunLock(base_dir)
+    lock = RunLock(base_dir, role=f"lit-continual {kind}")
     result = None
     if not _try(lock):
         result = _ask_daemon(base_dir, kind, lock, args.timeout)

@@ -117,6 +117,8 @@ def render(report: dict) -> str:
             ("queue", _queue(report["queue"])),
             ("files", f"{fields.get('files_done', 0)} done, {fields.get('files_failed', 0)} failed, "
                       f"{fields.get('files_skipped', 0)} skipped")]
+    if fields.get("eval_loss") is not None:
+        rows.append(("eval loss", f"{_num(fields['eval_loss'], '.4f')} at step {fields.get('eval_step')}"))
     for key, label in (("last_snapshot", "last snapshot"), ("last_consolidated", "consolidated"),
                        ("metrics_port", "metrics port")):
         if fields.get(key) is not None:

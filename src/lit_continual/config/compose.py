@@ -150,6 +150,10 @@ def _check_consistent(cfg: DictConfig) -> None:
                           "the inbox and would ignore it): add data=inbox_file to train on that one file")
     if cfg.data.source == "file" and not cfg.data.path:
         raise ConfigError("data.path must be set with data=inbox_file (the file to train on)")
+    start, warmup = cfg.scheduler.get("decay_start"), cfg.scheduler.get("warmup_steps")
+    if start is not None and warmup is not None and start < warmup:
+        raise ConfigError(f"scheduler.decay_start={start}: must be >= scheduler.warmup_steps ({warmup}); "
+                          "the cooldown starts once the warmup is over")
     if cfg.daemon.retry_initial_seconds > cfg.daemon.retry_max_seconds:
         raise ConfigError(f"daemon.retry_initial_seconds={cfg.daemon.retry_initial_seconds}: must be <= "
                           f"daemon.retry_max_seconds ({cfg.daemon.retry_max_seconds})")

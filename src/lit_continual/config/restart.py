@@ -13,7 +13,7 @@ RUN_DEFINING = ("model", "lora", "seed", "data.batch_size", "data.max_length", "
                 "data.messages_field", "data.max_line_bytes", "data.packing", "trainer.accumulate_grad_batches",
                 "optim._target_", "optim._partial_")
 # Where and how the run is watched, saved and fed: change freely.
-OPERATIONAL = ("base_dir", "run", "daemon", "logging", "checkpoint", "callbacks", "logger",
+OPERATIONAL = ("base_dir", "run", "daemon", "logging", "eval", "checkpoint", "callbacks", "logger",
                "snapshot", "consolidate", "metrics",
                "data.source", "data.path", "data.max_bad_fraction", "trainer.num_threads",
                "trainer.accelerator", "trainer._target_", "trainer.enable_progress_bar",

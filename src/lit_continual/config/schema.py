@@ -74,6 +74,15 @@ def cron_or_never(value: str | None) -> str | None:
     return None if value == "never" else cron(value)
 
 
+def prompts(value: object) -> str | None:
+    """A list of prompt strings, or the path of a JSONL file of prompts."""
+    if isinstance(value, str):
+        return None if value.strip() else "must be a list of prompt strings or the path of a JSONL file of prompts"
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return None
+    return "must be a list of prompt strings or the path of a JSONL file of prompts"
+
+
 def port(value: int | None) -> str | None:
     return None if value is None or 0 <= value <= 65535 else "must be null (off), 0 (any free port) or 1-65535"
 
@@ -119,11 +128,17 @@ class Optim:
 
 @dataclass
 class Scheduler:
-    """A pure function of the global step that multiplies optim.lr."""
+    """A pure function of the global step (and of the file being trained, for a schedule that
+    takes `file`) that multiplies optim.lr. The presets' keys (lit_continual/schedule.py);
+    compose.py also checks decay_start >= warmup_steps."""
     OPEN: ClassVar[bool] = True
     _target_: str = key()
     _partial_: bool = key(true)
     warmup_steps: int = key(at_least(0), optional=True)
+    timescale: int | None = key(positive, optional=True)
+    decay_start: int = key(at_least(0), optional=True)
+    decay_steps: int = key(positive, optional=True)
+    floor: float = key(fraction, optional=True)
 
 
 @dataclass
@@ -193,6 +208,16 @@ class Consolidate:
 
 
 @dataclass
+class Eval:
+    every_n_steps: int | None = key(positive)
+    batch_size: int | None = key(positive)
+    max_examples: int | None = key(positive)
+    sample_prompts: Any = key(prompts)
+    sample_every_n_steps: int | None = key(positive)
+    sample_max_new_tokens: int = key(positive)
+
+
+@dataclass
 class Metrics:
     port: int | None = key(port)
     host: str = key()
@@ -256,6 +281,7 @@ class Root:
     logger: dict | None = key(optional=True)
     checkpoint: Checkpoint = key()
     logging: Logging = key()
+    eval: Eval = key()
     daemon: Daemon = key()
     snapshot: Snapshot = key()
     consolidate: Consolidate = key()

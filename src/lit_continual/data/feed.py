@@ -168,11 +168,12 @@ class InboxFeed:
         ledger = self._ledger()
         done = ledger.find_done_in_place(record) if claim.in_place else None
         if done is not None:
-            # Trained in place and checkpointed; its delete was interrupted or refused.
-            log.info("inbox/%s was already trained (steps %s-%s): deleting it", claim.name, done.first_step,
-                     done.last_step)
+            # Trained (or skipped) in place and checkpointed; its delete or move was interrupted or refused.
+            log.info("inbox/%s was already %s (steps %s-%s): %s", claim.name,
+                     "skipped" if done.status == "skipped" else "trained", done.first_step, done.last_step,
+                     "moving it to skipped/" if done.status == "skipped" else "deleting it")
             claim.close()
-            self.disposal.delete(claim.path, claim.name, claim.stat.st_ino, done)
+            self.disposal.apply(claim.path, claim.name, claim.stat.st_ino, done)
             return None
         twin = ledger.find_content(index.sha256)
         if twin is not None and self.rules.skip_duplicates:
@@ -297,7 +298,7 @@ class InboxFeed:
         if record.disposal and record.disposal.startswith(FAILED):
             report = line_report(prepared.index)
             self.disposal.reject_path(claim.path, claim.name, record.disposal[len(FAILED):], record.sha256,
-                                      report, claim.stat.st_ino)
+                                      report, claim.stat.st_ino, counted=False)  # counted when it finished
             return
         self.disposal.apply(claim.path, claim.name, claim.stat.st_ino, record)
 

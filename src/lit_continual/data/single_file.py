@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from lit_continual.disposal import KEEP
 from lit_continual.ledger import FileRecord, Ledger
 from lit_continual.stop import StopRequest
 
+log = logging.getLogger("lit_continual")
+
 
 class SingleFileFeed:
     """One file given on the command line: train it (or finish it), never delete it."""
@@ -19,6 +22,7 @@ class SingleFileFeed:
     def __init__(self, path: Path, ledger: Callable[[], Ledger], rules: FeedRules, stop: StopRequest) -> None:
         self.path, self._ledger, self.rules, self.stop = path, ledger, rules, stop
         self.finished = False
+        self.already_skipped = False  # this very file was skipped by an operator earlier in the run
         self.live: dict[int, PreparedFile] = {}
 
     def next_file(self, block: bool) -> PreparedFile | None:
@@ -42,6 +46,13 @@ class SingleFileFeed:
             raise DataError(
                 f"the run has an unfinished file {current.name} ({current.examples_trained}/"
                 f"{current.examples} examples trained): finish it first with data.path=<that file>")
+        skipped = next((r for r in reversed(ledger.files_done) if r.sha256 == index.sha256), None)
+        if skipped is not None and skipped.status == "skipped":
+            log.warning("%s was skipped by an operator at step %s (%d of %d examples trained): not training it "
+                        "again", self.path, skipped.last_step, skipped.examples_trained, skipped.examples)
+            self.already_skipped = True
+            claim.close()
+            return None
         record = file_record(claim, index, ledger.files_started + 1, self.rules.seed)
         record.claimed_as = None
         return self._live(PreparedFile(claim, index, record))

@@ -33,6 +33,9 @@ class Survey:
                 survey.damaged[path.name] = problem
             elif (problem := _step_problem(path)) is not None:
                 survey.misnamed[path.name] = problem
+        gone = [p.name for p in survey.found if not p.is_dir()]
+        if gone:  # pruned by a running daemon while verified: not damaged; the caller looks again
+            raise FileNotFoundError(f"checkpoint(s) {', '.join(gone)} removed while being verified")
         return survey
 
     def problem(self, path: Path) -> str | None:
