@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["backlog.py"], ["big_file.py"],
-           ["operator_commands.py"]]
+           ["operator_commands.py"], ["evaluation.py", "tiny", "1000"], ["evaluation.py", "smollm2", "64", "2"]]
 
 
 def _load(name: str) -> dict:
@@ -120,6 +120,14 @@ def table() -> str:
         row("tiny: consolidation (child process) and max abs logit difference from the PeftModel", "≤ 1e-4",
             f"{commands['consolidate_s']} s; {commands['consolidated_max_abs_logit_diff']:.1e}",
             commands["consolidated_max_abs_logit_diff"] <= 1e-4)
+    for model in ("tiny", "smollm2"):
+        e = _load(f"evaluation_{model}")
+        if e:
+            low, high = e["eval_over_train_range"]
+            row(f"{model}: one evaluation of a {e['eval_lines']}-line eval set / training a "
+                f"{e['file_lines']}-line file (eval defaults: once per file)", "",
+                f"{e['eval_over_train_median']:.0%} ({low:.0%}–{high:.0%} over "
+                f"{e['rounds']} rounds); samples (2 prompts × 64 tokens) {e['samples_s_median']:.1f} s", None)
     head = "| figure | target | measured | |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows) + "\n"
 

@@ -36,7 +36,8 @@ def needs(tmp_path: Path) -> dict[str, list[str]]:
     data = write_jsonl(tmp_path / "one.jsonl", 3)
     smollm2 = [f"model.cache_dir={model_dir}"]
     return {"model=hf": [f"model.path={model_dir}"], "model=smollm2": smollm2, "experiment=smollm2": smollm2,
-            "data=inbox_file": [f"data.path={data}"]}
+            "data=inbox_file": [f"data.path={data}"],
+            "scheduler=wsd": ["scheduler.decay_start=100", "scheduler.decay_steps=50"]}
 
 
 def test_every_option_of_every_group_composes_validates_and_is_classified(tmp_path: Path, needs):
@@ -91,6 +92,14 @@ BAD = [
     (["callbacks=null"], "callbacks must be set"),
     (["optim._partial_=false"], "optim._partial_=False: must be true"),
     (["scheduler._partial_=false"], "scheduler._partial_=False: must be true"),
+    (["scheduler=wsd", "scheduler.decay_steps=5"], "scheduler.decay_start must be set"),
+    (["scheduler=wsd", "scheduler.decay_start=5", "scheduler.decay_steps=0"], "scheduler.decay_steps=0: must be > 0"),
+    (["scheduler=wsd", "scheduler.decay_start=5", "scheduler.decay_steps=9"],
+     "scheduler.decay_start=5: must be >= scheduler.warmup_steps (20)"),
+    (["scheduler=wsd", "scheduler.decay_start=50", "scheduler.decay_steps=9", "scheduler.floor=1.5"],
+     "scheduler.floor=1.5: must be in [0, 1]"),
+    (["scheduler=inverse_sqrt", "scheduler.timescale=0"], "scheduler.timescale=0: must be > 0"),
+    (["scheduler=cosine_per_file", "scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1: must be >= 0"),
 ]
 
 SCRIPT = """
@@ -136,6 +145,7 @@ def test_every_bad_value_kind_is_exit_2_naming_the_key_before_torch_loads(tmp_pa
     (["+callbacks.mine._target_=no.such.Callback"], "callbacks.mine._target_='no.such.Callback': cannot be imported"),
     (["+callbacks.mine._target_=torch.nn.Linear"], "must be a subclass of lightning.pytorch.callbacks"),
     (["scheduler.warmup_step=3"], "did you mean `scheduler.warmup_steps`?"),
+    (["scheduler=cosine_per_file", "scheduler.file=3"], "scheduler.file cannot be set: the daemon passes it"),
     (["optim.weight_decay=-1"], "optim: torch.optim.AdamW refuses its keys: ValueError: Invalid weight_decay"),
     (["optim.betas=0.9"], "optim: torch.optim.AdamW refuses its keys"),
     (["optim=sgd", "optim.momentum=0", "+optim.nesterov=true"], "Nesterov momentum requires"),

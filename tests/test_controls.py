@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from lit_continual.cli import main
@@ -195,16 +196,19 @@ def test_a_scheduled_snapshot_missed_while_down_is_taken_once_then_consolidated(
     assert train_here(base, "daemon.exit_when_idle=true", "snapshot.schedule=null") == 0  # checkpoint-3
     state = base / "snapshots" / ".schedule.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    earlier = time.time() - 300  # the every-2-minutes schedule fired twice since
-    state.write_text(json.dumps({"schedule": "*/2 * * * *", "last_handled_epoch": earlier}))
+    # Daily, at an hour 12 hours from now (it cannot fire again while the test runs); handled
+    # last 3 days ago: three fire times were missed.
+    schedule = f"0 {(datetime.now().hour + 12) % 24} * * *"
+    earlier = time.time() - 3 * 86400
+    state.write_text(json.dumps({"schedule": schedule, "last_handled_epoch": earlier}))
     write_jsonl(base / "inbox" / "b.jsonl", 16, seed=9)
-    assert train_here(base, "daemon.exit_when_idle=true", "snapshot.schedule='*/2 * * * *'") == 0
+    assert train_here(base, "daemon.exit_when_idle=true", f"snapshot.schedule='{schedule}'") == 0
     taken = sorted(p.name for p in (base / "snapshots").iterdir() if not p.name.startswith("."))
     assert len(taken) == 1, taken  # once, not once per missed time
     step = int(taken[0].rsplit("-step", 1)[1])
     assert step in (3, 4, 5)  # the newest checkpoint when it was taken (idle at start, or a step boundary)
     assert json.loads((base / "snapshots" / taken[0] / "snapshot.json").read_text())["scheduled"] is True
     assert [p.name for p in (base / "consolidated").iterdir() if not p.name.startswith(".")] == [f"step-{step}"]
-    assert json.loads(state.read_text())["last_handled_epoch"] > earlier + 290
+    assert json.loads(state.read_text())["last_handled_epoch"] > time.time() - 600
     assert status(base)["last_snapshot"] == taken[0] and status(base)["last_consolidated"] == f"step-{step}"
     assert " ERROR " not in log_text(base)

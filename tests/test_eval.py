@@ -60,7 +60,7 @@ def test_eval_loss_at_file_ends_and_every_n_steps_in_history_checkpoint_and_stat
     assert fields["eval_step"] == 12 and fields["eval_loss"] == evals[-1]["eval_loss"]
     assert fields["eval_losses"] == evals[-1]["eval_losses"]
     log = log_text(base)
-    assert "eval/other.jsonl: 1 bad line(s) of 12 skipped (line 4: not JSON" in log
+    assert "eval/other.jsonl: 1 bad line(s) of 13 skipped (line 4: not JSON" in log
     assert log.count("eval step ") == len(EVAL_STEPS)
 
 
@@ -102,12 +102,20 @@ def test_runs_with_and_without_eval_train_bit_identically(runs):
     with_eval, without = runs
     assert [p.name for p in checkpoints(with_eval)] == [p.name for p in checkpoints(without)]
     for a, b in zip(checkpoints(with_eval), checkpoints(without), strict=True):
-        for name in ("adapter_model.safetensors", "optimizer.pt", "ledger.json"):
+        for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt"):
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a.name}/{name}"
+        assert _position(a) == _position(b)
     train = [[e for e in trainer_state(c)["log_history"] if "loss" in e] for c in (checkpoints(with_eval)[-1],
                                                                                  checkpoints(without)[-1])]
     assert train[0] == train[1]
     assert status(without)["eval_loss"] is None and status(without)["samples"] == []
+
+
+def _position(checkpoint: Path) -> list:
+    """The data position of a checkpoint's ledger (its times and claim ids differ run to run)."""
+    ledger = json.loads((checkpoint / "ledger.json").read_text())
+    records = ledger["files_done"] + ([ledger["current"]] if ledger.get("current") else [])
+    return [(r["name"], r["sha256"], r["examples_trained"], r["first_step"], r["last_step"]) for r in records]
 
 
 def test_a_stop_interrupts_an_evaluation(tmp_path: Path, monkeypatch):
@@ -138,6 +146,22 @@ def test_a_stop_interrupts_an_evaluation(tmp_path: Path, monkeypatch):
     assert "Evaluation at step 2 interrupted by a stop request" in log_text(base)
     print(f"\nstop during evaluation: {len(batches)} of 400 batches, {returned - stopped_at[0]:.2f} s from .stop "
           f"to train() returning (run {returned - started:.1f} s)")
+
+
+def test_a_failing_evaluation_is_an_error_in_the_log_and_training_goes_on(tmp_path: Path, monkeypatch):
+    from lit_continual.evaluation import Evaluator
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(Evaluator, "evaluate", broken)
+    base = tmp_path / "run"
+    write_jsonl(base / "inbox" / "one.jsonl", 16, seed=1)
+    write_jsonl(base / "eval" / "held_out.jsonl", 4, seed=2)
+    assert train_here(base, "daemon.exit_when_idle=true") == 0
+    assert [c.name for c in checkpoints(base)] == ["checkpoint-2"]
+    assert "ERROR Evaluation at step 2 failed: RuntimeError: out of memory (simulated)" in log_text(base)
+    assert status(base)["warnings"] == ["evaluation failed at step 2: RuntimeError: out of memory (simulated)"]
 
 
 # Unit level: the reader, the cache, the loss and the isolation (no Trainer).

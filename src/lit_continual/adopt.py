@@ -65,8 +65,10 @@ def adopt(cfg: DictConfig, base_dir: Path) -> Adoption:
     """Adopt the newest complete HF Trainer checkpoint of `base_dir`; the caller holds its lock."""
     models_dir = base_dir / "current_model"
     checkpoints.remove_leftovers(models_dir)
-    here = [p for p in _dirs(models_dir) if checkpoints.is_foreign(p)]
-    ours = [p for p in _dirs(models_dir) if not checkpoints.is_foreign(p)]
+    # Ours carry a manifest or a ledger; anything else named checkpoint-N (an empty directory
+    # left by a Trainer killed while saving included) is the Trainer's, complete or not.
+    ours = [p for p in _dirs(models_dir) if (p / checkpoints.MANIFEST).exists() or (p / checkpoints.LEDGER).exists()]
+    here = [p for p in _dirs(models_dir) if p not in ours]
     aside = _dirs(models_dir / ADOPTED)
     if ours and here:
         raise ConfigError(f"{models_dir} holds both lit-continual checkpoints ({', '.join(p.name for p in ours)}) "

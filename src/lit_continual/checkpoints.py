@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from lightning.fabric.plugins import CheckpointIO
 from peft import PeftConfig
 from safetensors.torch import load_file, save_file
 
-from lit_continual import atomic, faults
+from lit_continual import atomic, faults, layout
 from lit_continual.config.errors import ConfigError
 from lit_continual.layout import sha256_file
 from lit_continual.safe_load import load_tensors
@@ -33,10 +32,10 @@ from lit_continual.storage import StorageFault
 log = logging.getLogger("lit_continual")
 
 PREFIX = "checkpoint-"
-NAME = re.compile(r"^checkpoint-(\d+)$")
+NAME = layout.CHECKPOINT  # the names (and their torch-free readers) live in layout.py
 ADAPTER, OPTIMIZER, SCHEDULER = "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"
-TRAINER_STATE, LEDGER, RUN_STATE, MANIFEST = "trainer_state.json", "ledger.json", "run_state.pt", "manifest.json"
-RUN_CONFIG = "run_config.json"
+TRAINER_STATE, LEDGER, RUN_STATE, MANIFEST = layout.TRAINER_STATE, layout.LEDGER, "run_state.pt", layout.MANIFEST
+RUN_CONFIG = layout.RUN_CONFIG
 REQUIRED = (ADAPTER, "adapter_config.json", OPTIMIZER, SCHEDULER, TRAINER_STATE, LEDGER, RUN_CONFIG, RUN_STATE)
 CORRUPT = ".corrupt"
 ADOPTED = ".adopted"  # where `lit-continual adopt` moves the Hugging Face Trainer's checkpoints

@@ -17,7 +17,7 @@ from lit_continual.claims import CLAIMED
 from lit_continual.inbox import IGNORED_SUFFIXES, SUFFIX
 
 MODELS = "current_model"
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # as checkpoints.NAME
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # checkpoints.NAME is this one
 MANIFEST, LEDGER, TRAINER_STATE, RUN_CONFIG = "manifest.json", "ledger.json", "trainer_state.json", "run_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 STATUS_FILE = Path("status") / "training_status.json"

@@ -71,19 +71,30 @@ class LoRAModule(L.LightningModule):
         that the loader fetched before the skip; the next epoch starts with the next file.
 
         Lightning steps the LR scheduler even for such a dropped batch, so the schedule is put
-        back on the global step before the next step trains (the LR is a function of it), and a
-        file-aware schedule is re-evaluated when a new file starts."""
-        info: BatchInfo = batch[INFO]
-        if info.file.status == "skipped":
+        back on the global step before the next step trains (the LR is a function of it)."""
+        if batch[INFO].file.status == "skipped":
             return -1
-        step = self.trainer.global_step
-        span = FileSpan(info.file.first_step if info.file.first_step is not None else step + 1,
-                        info.file_steps_total) if self.takes_file else None
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        if scheduler.last_epoch != step or span != self.file_span:
-            self.file_span = span
+        if scheduler.last_epoch != self.trainer.global_step:
             self._set_lr(self.trainer.optimizers[0], scheduler, float(self.hyperparameters["lr"]))
         return None
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A file-aware schedule gets the batch's file; a new file (or the first batch after a
+        restart) re-sets the LR. This hook runs before any callback's on_train_batch_start, so
+        they (LearningRateMonitor) already see the LR this step trains at. A file not begun yet
+        begins at this step (FileLifecycle records the same first_step)."""
+        info: BatchInfo | None = batch.get(INFO) if self.takes_file else None
+        if info is None or info.file.status == "skipped":
+            return batch
+        step = self.trainer.global_step
+        span = FileSpan(info.file.first_step if info.file.first_step is not None else step + 1,
+                        info.file_steps_total)
+        if span != self.file_span:
+            self.file_span = span
+            scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+            self._set_lr(self.trainer.optimizers[0], scheduler, float(self.hyperparameters["lr"]))
+        return batch
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]

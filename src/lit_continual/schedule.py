@@ -44,7 +44,7 @@ def constant(step: int, warmup_steps: int = 0) -> float:
 
 
 def inverse_sqrt(step: int, warmup_steps: int = 0, timescale: int | None = None) -> float:
-    """Linear warmup, then 1 / sqrt: sqrt(T / (T + step - W)) with W = max(warmup_steps, 1) and
+    """Linear warmup, then 1 / sqrt: sqrt(T / (T + step + 1 - W)) with W = max(warmup_steps, 1) and
     T = timescale (default W), i.e. the classic sqrt(W / (step + 1)) shifted so it starts at 1
     once warm. The factor halves after 3 T more steps; it never reaches 0, so it suits a run
     with no known end."""

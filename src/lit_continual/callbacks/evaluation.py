@@ -97,10 +97,19 @@ class Evaluation(L.Callback):
         model = getattr(pl_module, "model", pl_module)
         with isolated(pl_module):
             if evaluate:
-                self._evaluate(trainer, model, step)
+                self._guarded("Evaluation", step, lambda: self._evaluate(trainer, model, step))
             if sample and not self._interrupted():
-                self._sample(trainer, model, step)
+                self._guarded("Samples", step, lambda: self._sample(trainer, model, step))
         self.history.exclude(time.monotonic() - started)
+
+    def _guarded(self, what: str, step: int, run) -> None:
+        """An output must not end the run: a failure is an ERROR in the log (verify reports it)
+        and a standing warning, and training goes on exactly as it would have."""
+        try:
+            run()
+        except Exception as err:
+            log.error("%s at step %d failed: %s: %s", what, step, type(err).__name__, escape(str(err)), exc_info=True)
+            self.ctx.status.warn(f"{what.lower()} failed at step {step}: {type(err).__name__}: {err}")
 
     def _interrupted(self) -> bool:
         return self.ctx.stop.requested
