@@ -46,8 +46,6 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 # Deprecation notices between our pinned libraries (not actionable by users).
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-# LoRAModule.on_after_batch_transfer (file-aware schedules) is the one meant; the DataModule has none.
-warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 
 def fit(cfg: DictConfig, ctx: RunContext) -> tuple[int, int]:

@@ -4,6 +4,7 @@ function of the step."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -16,6 +17,10 @@ from lit_continual.data.records import IGNORE
 from lit_continual.schedule import FileSpan, takes_file
 
 log = logging.getLogger("lit_continual")
+
+# LoRAModule.on_after_batch_transfer (file-aware schedules) is the one meant; the DataModule has
+# none, yet Lightning warns whenever both a module hook and a DataModule exist.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
