@@ -50,6 +50,7 @@ class Operations:
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._complaints: set[str] = set()
+        self._request_seen = False  # a `.snapshot`/`.consolidate` waits (set by the watcher)
 
     # -- seeing requests (background thread) ----------------------------------------------
 
@@ -84,6 +85,7 @@ class Operations:
         if not self.pause and self.status.fields["status"] not in ("paused", "pausing") and resume.exists():
             resume.unlink(missing_ok=True)  # left over (a kill while paused): it must not undo the next pause
             log.info("%s removed: nothing was paused", controls.RESUME)
+        self._request_seen = any((self.base_dir / f".{kind}").exists() for kind in controls.REQUESTS)
         skip = self._skip_request()
         if skip is not None and skip != self.skip and skip[0] != self.consumed_skip:
             self.skip = skip
@@ -157,7 +159,8 @@ class Operations:
             self.skip = None
 
     def _requested(self) -> bool:
-        return any(controls.pending(self.base_dir, kind) for kind in controls.REQUESTS)
+        """A snapshot/consolidate request was seen by the watcher (no file I/O on the step path)."""
+        return self._request_seen
 
     def _snapshot_due(self) -> bool:
         if self.snapshot_schedule.expr is None:
@@ -225,6 +228,7 @@ class Operations:
             self._complain(f"snapshot/consolidation machinery: {type(err).__name__}: {err}")
 
     def _serve_requests(self) -> None:
+        self._request_seen = False  # looked at now; the watcher sets it again for a new one
         for kind in controls.REQUESTS:
             request_id = controls.pending(self.base_dir, kind)
             if request_id is not None:
