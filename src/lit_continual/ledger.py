@@ -33,6 +33,7 @@ class FileRecord:
     mtime_ns: int = 0
     first_step: int | None = None
     last_step: int | None = None
+    rebased_to: int | None = None  # the base generation a rebase at this file's last step made (rebase.py)
     status: str = "training"  # training | done | skipped (by an operator) | abandoned | failed
     # Where the file was claimed: `.claimed/<claim id>-<name>` under the inbox; None if it was
     # trained where it was delivered (an inbox that refuses renames, or a run from version 0.1).
@@ -44,6 +45,12 @@ class FileRecord:
     started_at: str | None = None
     finished_at: str | None = None
     formats: dict[str, int] = field(default_factory=dict)  # valid examples per detected format
+    held_out: int = 0  # examples held out as the file's probe (never trained; data/holdout.py)
+
+    @property
+    def trainable(self) -> int:
+        """Examples the file trains: its valid examples less the held-out ones."""
+        return self.examples - self.held_out
 
     def same_file(self, other: FileRecord) -> bool:
         """True if `other` is this very claim (or, for in-place claims, the same inode and content)."""
@@ -72,7 +79,7 @@ class Ledger:
             return  # a resumed file: already counted
         if self.current is not None:  # never silently overwrite an unfinished file's record
             log.error("%s was left unfinished with %d example(s) untrained: recorded as abandoned",
-                      self.current.name, self.current.examples - self.current.examples_trained)
+                      self.current.name, self.current.trainable - self.current.examples_trained)
             self.finish(step - 1, status="abandoned")
         record.first_step, record.started_at = step, _now()
         self.current = record

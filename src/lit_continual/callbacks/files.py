@@ -77,14 +77,15 @@ class FileLifecycle(CheckpointListener, L.Callback):
         ledger = self.dm.ledger
         ledger.begin(info.file, step=trainer.global_step + 1)
         record = ledger.current
-        remaining = record.examples - record.examples_trained
+        remaining = record.trainable - record.examples_trained
         end = trainer.global_step + info.file_steps_left
         newest = newest_name(trainer)
         if newest is not None:
             log.info("Resuming from checkpoint: %s", newest)
         formats = ", ".join(f"{kind} {count}" for kind, count in sorted(record.formats.items())) or "unknown"
-        log.info("File %s (#%d): %d examples (formats: %s), %d left, steps %d-%d", record.name, record.ordinal,
-                 record.examples, formats, remaining, trainer.global_step + 1, end)
+        held = f", {record.held_out} held out as its probe" if record.held_out else ""
+        log.info("File %s (#%d): %d examples (formats: %s)%s, %d left, steps %d-%d", record.name, record.ordinal,
+                 record.examples, formats, held, remaining, trainer.global_step + 1, end)
         self.ctx.status.update(status="training", current_file=record.name, total_steps=end,
                                current_step=trainer.global_step, batch_number=record.ordinal, write=True)
 
@@ -131,7 +132,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
                 self.skipped += 1  # the move to skipped/ logs it
             elif record.status == "abandoned":
                 log.error("File %s abandoned at step %d with %d example(s) untrained: it could not be read as "
-                          "it was claimed", record.name, item.step, record.examples - record.examples_trained)
+                          "it was claimed", record.name, item.step, record.trainable - record.examples_trained)
             else:
                 self.completed += 1
                 log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, item.step,

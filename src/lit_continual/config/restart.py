@@ -18,19 +18,27 @@ OPERATIONAL = ("base_dir", "run", "daemon", "logging", "eval", "checkpoint", "ca
                "data.source", "data.path", "data.max_bad_fraction", "trainer.num_threads",
                "trainer.accelerator", "trainer._target_", "trainer.enable_progress_bar",
                "trainer.enable_model_summary")
-# Change the numbers of the training itself: accepted with run.allow_config_change=true.
-ADJUSTABLE = ("optim", "scheduler", "trainer")
+# Change the numbers of the training itself: accepted with run.allow_config_change=true. (The
+# probes and replay change what new files train, never what was trained: the split of each file
+# and the reservoir are in the run state.)
+ADJUSTABLE = ("optim", "scheduler", "trainer", "eval.holdout_fraction", "eval.holdout_max",
+              "data.replay_fraction", "data.replay_buffer_size")
 
+
+# Keys added since runs were first saved, with the value that does what a run without them did.
+BEFORE_THEY_EXISTED = {"eval.holdout_fraction": 0, "eval.holdout_max": 200, "data.replay_fraction": 0,
+                       "data.replay_buffer_size": 10000}
 
 ABSENT = "(absent)"  # how a key one side does not have is shown and compared
 
 
 def classify(key: str) -> str | None:
-    """'run-defining', 'operational' or 'adjustable' for a dotted key (None: unclassified)."""
-    for name, keys in (("run-defining", RUN_DEFINING), ("operational", OPERATIONAL), ("adjustable", ADJUSTABLE)):
-        if any(key == k or key.startswith(k + ".") for k in keys):
-            return name
-    return None
+    """'run-defining', 'operational' or 'adjustable' for a dotted key (None: unclassified).
+    The most specific entry wins (`eval.holdout_fraction` is adjustable, the rest of `eval` operational)."""
+    found = [(len(k), name) for name, keys in (("run-defining", RUN_DEFINING), ("operational", OPERATIONAL),
+                                               ("adjustable", ADJUSTABLE))
+             for k in keys if key == k or key.startswith(k + ".")]
+    return max(found)[1] if found else None
 
 
 def migrate(saved: dict) -> dict:
@@ -47,6 +55,10 @@ def migrate(saved: dict) -> dict:
             del scheduler["warmup_steps"]  # today's constant preset has no warmup key: the same schedule
     if isinstance(model, dict) and "_target_" not in model and "name" in model:
         model["_target_"] = f"lit_continual.models.{model['name']}.load"
+    for dotted, value in BEFORE_THEY_EXISTED.items():
+        group, name = dotted.split(".")
+        if isinstance(saved.setdefault(group, {}), dict):
+            saved[group].setdefault(name, value)
     return saved
 
 

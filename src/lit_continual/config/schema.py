@@ -115,6 +115,8 @@ class Data:
     packing: bool = key()
     max_bad_fraction: float = key(fraction)
     max_line_bytes: int = key(positive)
+    replay_fraction: float = key(below_one)
+    replay_buffer_size: int = key(positive)
 
 
 @dataclass
@@ -215,6 +217,9 @@ class Eval:
     sample_prompts: Any = key(prompts)
     sample_every_n_steps: int | None = key(positive)
     sample_max_new_tokens: int = key(positive)
+    holdout_fraction: float = key(below_one)
+    holdout_max: int = key(positive)
+    max_probes: int = key(positive)
 
 
 @dataclass

@@ -164,7 +164,7 @@ class InboxFeed:
             return None
         if self._poisoned(claim, index):
             return None
-        record = file_record(claim, index, self._next_ordinal, self.rules.seed)
+        record = file_record(claim, index, self._next_ordinal, self.rules)
         ledger = self._ledger()
         done = ledger.find_done_in_place(record) if claim.in_place else None
         if done is not None:
@@ -246,7 +246,7 @@ class InboxFeed:
                 why = f"is unreadable ({err})"
         if index is None or index.sha256 != current.sha256:
             log.error("inbox/%s %s: abandoning it with %d example(s) untrained", current.name, why,
-                      current.examples - current.examples_trained)
+                      current.trainable - current.examples_trained)
             record = ledger.finish(step=self._step(), status="abandoned")
             if claim is not None:
                 record.disposal = CHANGED if index is not None else f"{FAILED}unreadable when resumed: {why}"

@@ -130,6 +130,19 @@ class FileIndex:
                 records.append(err)
         return records
 
+    def raw_lines(self, positions: np.ndarray) -> list[bytes]:
+        """The exact bytes of the lines at example positions `positions`, each ending in a
+        newline (probe and replay files keep the user's records as they were delivered).
+        Raises FileChanged if the bytes are not those indexed."""
+        lines = []
+        for pos in positions:
+            raw = read_line(self.fd, int(self.offsets[pos]))
+            if zlib.crc32(raw) != int(self.crcs[pos]):
+                raise FileChanged(f"{self.name}: the example at byte {int(self.offsets[pos])} is not what was "
+                                  "indexed (the claimed file was rewritten or truncated in place)")
+            lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        return lines
+
     def line_number(self, position: int) -> int:
         """1-based line number of example `position` (counts newlines: for error messages only)."""
         offset, count, done = int(self.offsets[position]), 1, 0

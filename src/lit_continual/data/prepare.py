@@ -11,6 +11,7 @@ import numpy as np
 
 from lit_continual.claims import Claim
 from lit_continual.data.file_index import FileIndex, Judge
+from lit_continual.data.holdout import holdout_count
 from lit_continual.data.records import RecordSpec
 from lit_continual.ledger import FileRecord
 
@@ -46,6 +47,8 @@ class FeedRules:
     max_bad_fraction: float
     skip_duplicates: bool = False
     judge: Judge | None = None  # renders/tokenizes each line at index time; token length when packing
+    holdout_fraction: float = 0.0  # eval.holdout_fraction: examples of each file held out as its probe
+    holdout_max: int = 200  # eval.holdout_max
 
 
 def index_file(claim: Claim, rules: FeedRules, cancelled: Callable[[], bool]) -> FileIndex:
@@ -61,13 +64,14 @@ def index_file(claim: Claim, rules: FeedRules, cancelled: Callable[[], bool]) ->
     return index
 
 
-def file_record(claim: Claim, index: FileIndex, ordinal: int, run_seed: int) -> FileRecord:
+def file_record(claim: Claim, index: FileIndex, ordinal: int, rules: FeedRules) -> FileRecord:
     st = claim.stat
     return FileRecord(name=claim.name, sha256=index.sha256, size=index.size, inode=st.st_ino,
                       ctime_ns=st.st_ctime_ns, mtime_ns=st.st_mtime_ns, ordinal=ordinal,
                       examples=index.examples, bad_lines=index.bad_lines,
-                      shuffle_seed=shuffle_seed(run_seed, ordinal), claimed_as=claim.claimed_as,
-                      formats=dict(index.formats))
+                      shuffle_seed=shuffle_seed(rules.seed, ordinal), claimed_as=claim.claimed_as,
+                      formats=dict(index.formats),
+                      held_out=holdout_count(index.examples, rules.holdout_fraction, rules.holdout_max))
 
 
 def line_report(index: FileIndex | None) -> dict:

@@ -53,7 +53,7 @@ class SingleFileFeed:
             self.already_skipped = True
             claim.close()
             return None
-        record = file_record(claim, index, ledger.files_started + 1, self.rules.seed)
+        record = file_record(claim, index, ledger.files_started + 1, self.rules)
         record.claimed_as = None
         return self._live(PreparedFile(claim, index, record))
 

@@ -28,6 +28,7 @@ from lit_continual.context import RunContext
 from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.feed import InboxFeed
 from lit_continual.data.file_index import FileChanged, FileIndex, Judge
+from lit_continual.data.holdout import training_order
 from lit_continual.data.prepare import FeedRules, PreparedFile
 from lit_continual.data.records import IGNORE, BadLine, Encoder, Example, RecordSpec, collate, collate_packed
 from lit_continual.data.single_file import SingleFileFeed
@@ -95,8 +96,8 @@ class FileStream(IterableDataset):
 
     def _batches(self, prepared: PreparedFile):
         dm, record, index = self.dm, prepared.record, prepared.index
-        n = record.examples
-        order = np.random.default_rng(record.shuffle_seed).permutation(n) if dm.shuffle else np.arange(n)
+        order = training_order(record, dm.shuffle)
+        n = len(order)
         if dm.packing:
             order, bounds = pack_plan(index.lengths, order, dm.max_length, record.shuffle_seed)
         else:
@@ -180,7 +181,8 @@ class ContinualDataModule(L.LightningDataModule):
         self.encoder = Encoder(tokenizer, cfg.data.max_length, self.spec)
         rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
-                          judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing))
+                          judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing),
+                          holdout_fraction=cfg.eval.holdout_fraction, holdout_max=cfg.eval.holdout_max)
         self.single_file = cfg.data.source == "file"  # train.py's mode: one file, then exit
         if self.single_file:
             self.feed = SingleFileFeed(Path(cfg.data.path).resolve(), lambda: self.ledger, rules, ctx.stop)
