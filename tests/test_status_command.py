@@ -150,7 +150,8 @@ def test_history_has_one_row_per_file(stopped: Path, capsys):
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].endswith("(ledger of checkpoint-8, step 8): 2 file(s)")
-    assert lines[1].split() == ["#", "file", "sha256", "examples", "steps", "started", "finished", "status", "loss"]
+    assert lines[1].split() == ["#", "file", "sha256", "examples", "steps", "started", "finished", "status", "loss",
+                                "forgetting"]
     first, second = (line.split() for line in lines[2:4])
     assert first[:5] == ["1", "first.jsonl", first[2], "16", "1-4"] and len(first[2]) == 12
     assert second[:5] == ["2", "second.jsonl", second[2], "16", "5-8"]

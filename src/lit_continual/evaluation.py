@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +64,13 @@ class EvalFiles:
     max_examples: int | None = None
     _cache: dict[str, tuple[tuple, EvalSet]] = field(default_factory=dict)
 
-    def load(self, cancelled: Callable[[], bool] = lambda: False) -> list[EvalSet]:
-        """The current sets, sorted by name (files without a valid example are left out)."""
+    def load(self, cancelled: Callable[[], bool] = lambda: False, names: Collection[str] | None = None
+             ) -> list[EvalSet]:
+        """The current sets, sorted by name (files without a valid example are left out); only
+        those named in `names` if given (a set's name is its file name without `.jsonl`)."""
         try:
-            paths = sorted(p for p in self.directory.glob(f"*{SUFFIX}") if not p.name.startswith("."))
+            paths = sorted(p for p in self.directory.glob(f"*{SUFFIX}") if not p.name.startswith(".")
+                           and (names is None or p.name[: -len(SUFFIX)] in names))
         except OSError as err:
             log.warning("Cannot list %s: %s", escape(str(self.directory)), err)
             return []

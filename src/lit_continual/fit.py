@@ -31,6 +31,7 @@ from lit_continual.callbacks import (
     StepOffset,
     StopSignals,
 )
+from lit_continual.callbacks.forgetting import Forgetting
 from lit_continual.checkpoints import DirectoryCheckpointIO
 from lit_continual.config import ConfigError, check_unchanged
 from lit_continual.context import RunContext
@@ -110,6 +111,7 @@ def _core_callbacks(cfg: DictConfig, ctx: RunContext, lifecycle: FileLifecycle, 
     # ModelCheckpoint) after all the others.
     core = [StopSignals(ctx.stop), RngState(), nonfinite, StepOffset(), history,
             Evaluation.from_config(cfg, lifecycle.dm.encoder.tokenizer, history, ctx),
+            Forgetting.from_config(cfg, lifecycle.dm, history, ctx),
             lifecycle, *([OperatorControls(ctx.ops, lifecycle)] if ctx.ops is not None else []), LoggerRuns(loggers),
             Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb,
                          Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds))]

@@ -44,6 +44,8 @@ class Status:
             "files_skipped": 0, "nonfinite_steps": 0, "snapshots": 0,
             # The newest evaluation of DIR/eval/*.jsonl and live samples (callbacks/evaluation.py).
             "eval_loss": None, "eval_losses": {}, "eval_step": None, "samples": [],
+            # Forgetting of each kept per-file probe at the newest file end (callbacks/forgetting.py).
+            "forgetting": {},
             "started_at": now(), "updated_at": None,
         }
 
