@@ -39,7 +39,7 @@ demo: install
 	  exit 2; fi
 	rm -rf $(DEMO_DIR)
 	mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/$(DEMO_MARK)
-	$(BIN)/lit-continual sample-data $(DEMO_DIR)/inbox --files 3 --lines 1000
+	$(BIN)/lit-continual sample-data $(DEMO_DIR)/inbox --files 3 --lines 1000 --eval 200
 	$(BIN)/lit-continual daemon --base-dir $(DEMO_DIR) daemon.exit_when_idle=true
 	$(BIN)/lit-continual verify --base-dir $(DEMO_DIR)
 	$(BIN)/lit-continual history --base-dir $(DEMO_DIR)

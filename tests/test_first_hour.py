@@ -101,7 +101,7 @@ def test_version_is_one_fact_and_sample_data_options_are_explained():
     assert importlib.metadata.version("lit-continual") == __version__
     helped = subprocess.run([sys.executable, "-m", "lit_continual", "sample-data", "--help"], capture_output=True,
                             text=True, timeout=60).stdout
-    for option in ("--files", "--lines", "--seed", "--prefix"):
+    for option in ("--files", "--lines", "--seed", "--prefix", "--eval"):
         assert re.search(rf"{option} \w+\s+\S", helped), f"{option} has no help text"
 
 

@@ -24,11 +24,12 @@ from tests.test_logs_and_report import logging_and_signals_restored
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> Path:
-    """A real run of two files (4 steps each), stopped."""
+    """A real run of two files (4 steps each) with a fixed eval file (scored at steps 4 and 8), stopped."""
     base = tmp_path_factory.mktemp("status") / "run"
     now = time.time()
     write_jsonl(base / "inbox" / "first.jsonl", 16, seed=5, mtime=now - 20)
     write_jsonl(base / "inbox" / "second.jsonl", 16, seed=6, mtime=now - 10)
+    write_jsonl(base / "eval" / "fixed.jsonl", 8, seed=7)
     with logging_and_signals_restored():
         code = main(["daemon", "--base-dir", str(base), "daemon.exit_when_idle=true", *FAST, "data.batch_size=4",
                      "checkpoint.every_n_steps=4", "logging.every_n_steps=2"])
@@ -151,16 +152,31 @@ def test_history_has_one_row_per_file(stopped: Path, capsys):
     lines = out.splitlines()
     assert lines[0].endswith("(ledger of checkpoint-8, step 8): 2 file(s)")
     assert lines[1].split() == ["#", "file", "sha256", "examples", "steps", "started", "finished", "status", "loss",
-                                "forgetting"]
+                                "eval_loss", "forgetting"]
     first, second = (line.split() for line in lines[2:4])
     assert first[:5] == ["1", "first.jsonl", first[2], "16", "1-4"] and len(first[2]) == 12
     assert second[:5] == ["2", "second.jsonl", second[2], "16", "5-8"]
-    assert first[-2:-1] == ["done"] and float(first[-1]) > 0 and float(second[-1]) > 0
+    assert first[-3:-2] == ["done"] and float(first[-2]) > 0 and float(second[-2]) > 0
     code, out = cli(capsys, "history", "--base-dir", str(stopped), "--json")
     rows = json.loads(out)["files"]
     assert [(r["name"], r["first_step"], r["last_step"], r["loss_step"]) for r in rows] == [
         ("first.jsonl", 1, 4, 4), ("second.jsonl", 5, 8, 8)]
+    # The eval loss column: DIR/eval scored at each file's last step.
+    assert [float(first[-1]), float(second[-1])] == [round(r["eval_loss"], 4) for r in rows]
     assert rows[0]["sha256"].startswith(first[2]) and len(rows[0]["sha256"]) == 64
+
+
+def test_history_eval_loss_is_blank_for_a_file_without_an_evaluation(copy: Path, capsys):
+    state_path = copy / "current_model" / "checkpoint-8" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["log_history"] = [e for e in state["log_history"] if not ("eval_loss" in e and e["step"] == 4)]
+    state_path.write_text(json.dumps(state))
+    code, out = cli(capsys, "history", "--base-dir", str(copy))
+    first, second = (line.split() for line in out.splitlines()[2:4])
+    assert code == 0 and second[-3] == "done" and float(second[-1]) > 0
+    assert first[-2] == "done" and len(first) == len(second) - 1, "no evaluation at step 4: the cell is blank"
+    code, out = cli(capsys, "history", "--base-dir", str(copy), "--json")
+    assert [r["eval_loss"] is None for r in json.loads(out)["files"]] == [True, False]
 
 
 def test_history_shows_times_and_the_file_in_progress(copy: Path, capsys):

@@ -40,11 +40,18 @@ def _groups_help() -> str:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from lit_continual.sample_data import write_file
+    from lit_continual.sample_data import held_out, sentences, write_texts
 
-    for i in range(args.files):
-        path = write_file(Path(args.inbox) / f"{args.prefix}_{i + 1}.jsonl", args.lines, args.seed + i)
-        print(path)
+    files = [sentences(args.lines, args.seed + i) for i in range(args.files)]
+    try:  # before anything is written: a refused --eval leaves no files behind
+        evaluated = held_out(args.eval, args.seed, {text for texts in files for text in texts}) if args.eval else []
+    except ValueError as err:
+        print(f"lit-continual sample-data: --eval {args.eval}: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for i, texts in enumerate(files):
+        print(write_texts(Path(args.inbox) / f"{args.prefix}_{i + 1}.jsonl", texts))
+    if evaluated:
+        print(write_texts(Path(args.inbox).parent / "eval" / "fixed.jsonl", evaluated))
     return 0
 
 
@@ -65,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the first file; file i uses seed + i (default: 0)")
     sample.add_argument("--prefix", default="batch", help="file names are PREFIX_1.jsonl, PREFIX_2.jsonl, ... "
                         "(default: batch)")
+    sample.add_argument("--eval", type=int, default=0, metavar="N",
+                        help="also write N held-out lines (none of them in the files written) to "
+                             "INBOX/../eval/fixed.jsonl, the run's fixed eval set, scored at each file's end "
+                             "(default: 0, no eval file)")
     sample.set_defaults(func=_sample_data)
     from lit_continual.commands import COMMANDS
 

@@ -1,6 +1,7 @@
 """`lit-continual history`: one row per file of the newest checkpoint's ledger (the files
 done, then the one in progress): name, sha256, examples, step range, start and finish times,
-status, and the loss logged last within its step range.
+status, the loss logged last within its step range, and the loss on the fixed eval set
+(DIR/eval) at its last step.
 
 The ledger keeps the newest 1,000 files and trainer_state.json the newest
 `checkpoint.log_history_max` loss entries: older files show no loss ("-").
@@ -16,7 +17,8 @@ from lit_continual import forgetting, layout
 from lit_continual.logs import escape
 
 EXIT_OK, EXIT_UNREADABLE, EXIT_NO_BASE_DIR = 0, 1, 2
-COLUMNS = ("#", "file", "sha256", "examples", "steps", "started", "finished", "status", "loss", "forgetting")
+COLUMNS = ("#", "file", "sha256", "examples", "steps", "started", "finished", "status", "loss", "eval_loss",
+           "forgetting")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -119,9 +121,11 @@ def _cells(row: dict, newest: int) -> tuple[str, ...]:
     first, last = row["first_step"], row["last_step"]
     steps = "-" if first is None else f"{first}-{last}" if last is None or last >= first else "none"
     loss = "-" if row["loss"] is None else f"{row['loss']:.4f}"
+    # Blank, not "-", without an evaluation at the file's last step: a run without DIR/eval has none.
+    eval_loss = "" if row["eval_loss"] is None else f"{row['eval_loss']:.4f}"
     # Blank without a probe; "(after #k)" when the probe was dropped (eval.max_probes) after file k.
     value, after = row["forgetting"], row["forgetting_after"]
     forgets = "" if value is None else f"{value:+.4f}" + (f" (after #{after})" if after != newest else "")
     return (str(row["ordinal"] if row["ordinal"] is not None else "-"), escape(str(row["name"])),
             str(row["sha256"] or "-")[:12], examples, steps, layout.local_time(row["started_at"]),
-            layout.local_time(row["finished_at"]), str(row["status"]), loss, forgets)
+            layout.local_time(row["finished_at"]), str(row["status"]), loss, eval_loss, forgets)
