@@ -44,6 +44,7 @@ FOREIGN_MARKERS = (TRAINER_STATE, ADAPTER, "adapter_config.json", "rng_state.pth
 LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
 HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
 LOGGER_RUNS_KEY = "LoggerRuns"  # the LoggerRuns callback's state_key
+GENERATION_KEY = "base_generation"  # LoRAModule.generation (rebase.py), kept in trainer_state.json
 
 
 def step_of(path: Path) -> int | None:
@@ -247,7 +248,9 @@ class DirectoryCheckpointIO(CheckpointIO):
 
     def _write(self, ckpt: dict, out: Path) -> None:
         save_file(ckpt.pop("state_dict"), out / ADAPTER, metadata={"format": "pt"})
-        self.adapter_config.base_model_name_or_path = self.base_model_path
+        generation = ckpt.pop(GENERATION_KEY, None) or {}
+        # The base it was trained on: the run's current generation (DIR/base_models/gen-<k> after a rebase).
+        self.adapter_config.base_model_name_or_path = generation.get("base_model") or self.base_model_path
         self.adapter_config.save_pretrained(out)
         torch.save(ckpt.pop("optimizer_states")[0], out / OPTIMIZER)
         torch.save(ckpt.pop("lr_schedulers")[0], out / SCHEDULER)
@@ -255,7 +258,9 @@ class DirectoryCheckpointIO(CheckpointIO):
         history = ckpt["callbacks"].pop(HISTORY_KEY)
         state = {"global_step": ckpt["global_step"], "epoch": ckpt["epoch"],
                  "logging_steps": history["every_n_steps"], "log_history": history["log_history"],
-                 "loss_pending": history["pending"]}
+                 "loss_pending": history["pending"], "base_generation": generation.get("number", 0),
+                 "rebased_at_step": generation.get("rebased_at_step"),
+                 "rebase_files_done": generation.get("files_at_rebase", 0)}
         atomic.write_json(out / TRAINER_STATE, state, durable=False)
         atomic.write_json(out / RUN_CONFIG, ckpt.pop("run_config"), durable=False)
         (out / RUN_STATE).write_bytes(_loadable_bytes(ckpt))
@@ -275,6 +280,8 @@ class DirectoryCheckpointIO(CheckpointIO):
         ckpt["callbacks"][HISTORY_KEY] = {"every_n_steps": state["logging_steps"],
                                           "log_history": state["log_history"],
                                           "pending": state["loss_pending"]}
+        ckpt[GENERATION_KEY] = {"number": state.get("base_generation", 0), "rebased_at_step": state.get(
+            "rebased_at_step"), "files_at_rebase": state.get("rebase_files_done", 0)}
         return ckpt
 
     def remove_checkpoint(self, path) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from lit_continual import atomic, faults, snapshots
+from lit_continual import atomic, faults, generations, snapshots
 
 log = logging.getLogger("lit_continual")
 
@@ -183,6 +183,7 @@ def consolidate_and_prune(base_dir: Path, keep: int, checkpoint: Path | None = N
     try:
         path = consolidate(base_dir, checkpoint, cancelled=cancelled)
         pruned = prune(base_dir, keep)
+        generations.collect(base_dir)  # base generations only the pruned models needed
     except (ConsolidationError, OSError) as err:
         return {"ok": False, "error": str(err)}
     return {"ok": True, "path": str(path), "step": int(path.name.split("-")[1]),

@@ -4,7 +4,10 @@
 Points: `train` (an optimizer step is about to run), `step` (after the optimizer step, before
 any checkpoint), `checkpoint-tmp` (temp dir written and fsynced, before the rename),
 `retention` (an old checkpoint renamed to .trash-*, before it is deleted), `before-delete`
-(end-of-file checkpoint durable, before the inbox delete). Unset in production: a no-op.
+(end-of-file checkpoint durable, before the inbox delete), `rebase-base` (a new base generation
+written and fsynced in its temp dir, before the rename), `rebase-swap` (the generation renamed
+into place, the model not yet swapped), `rebase-done` (swapped, fresh adapter and optimizer,
+before that step's checkpoint). Unset in production: a no-op.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from lit_continual import checkpoints, components
+from lit_continual import checkpoints, components, generations, layout, rebase
 from lit_continual.callbacks import (
     Checkpointer,
     Evaluation,
@@ -32,6 +32,7 @@ from lit_continual.callbacks import (
     StopSignals,
 )
 from lit_continual.callbacks.forgetting import Forgetting
+from lit_continual.callbacks.rebase import Rebase
 from lit_continual.checkpoints import DirectoryCheckpointIO
 from lit_continual.config import ConfigError, check_unchanged
 from lit_continual.context import RunContext
@@ -67,7 +68,7 @@ def fit(cfg: DictConfig, ctx: RunContext) -> tuple[int, int]:
     loggers = components.loggers(cfg, checkpoints.step_of(resume) if resume else 0,
                                  checkpoints.logger_runs(resume) if resume else {})
     user_callbacks = components.user_callbacks(cfg)
-    loaded = components.model(cfg, ctx.base_dir)
+    loaded = _base_model(cfg, ctx, resume)
     try:
         model = apply_lora(loaded.model, cfg.lora, cfg.seed)
     except ValueError as err:  # PEFT: a target module the model does not have
@@ -77,7 +78,8 @@ def fit(cfg: DictConfig, ctx: RunContext) -> tuple[int, int]:
              trainable, sum(p.numel() for p in model.parameters()))
     optimizer, hyperparameters = components.optimizer(cfg)
     module = LoRAModule(model, optimizer, hyperparameters, components.schedule(cfg),
-                        OmegaConf.to_container(cfg, resolve=True))
+                        OmegaConf.to_container(cfg, resolve=True), cfg.consolidate.rewarm_steps)
+    module.base_model_path = loaded.path
     datamodule = ContinualDataModule(cfg, loaded.tokenizer, ctx)
     ctx.status.queue_size = datamodule.feed.queue_size  # from caches: never scans under the status lock
 
@@ -100,21 +102,35 @@ def fit(cfg: DictConfig, ctx: RunContext) -> tuple[int, int]:
     return lifecycle.completed, lifecycle.skipped + int(getattr(datamodule.feed, "already_skipped", False))
 
 
+def _base_model(cfg: DictConfig, ctx: RunContext, resume):
+    """The configured base (generation 0), or the generation the resumed checkpoint was trained on."""
+    number = generations.of_checkpoint(resume) if resume is not None else 0
+    if number == 0:
+        return components.model(cfg, ctx.base_dir)
+    recorded = (layout.read_json(resume / layout.ADAPTER_CONFIG) or {}).get("base_model_name_or_path")
+    return rebase.load_generation(cfg, ctx.base_dir, number, recorded)
+
+
 def _core_callbacks(cfg: DictConfig, ctx: RunContext, lifecycle: FileLifecycle, loggers: dict) -> list:
     """The callbacks that carry the run's guarantees; config can tune but never remove them."""
     nonfinite = NonFiniteGuard(cfg.daemon.max_nonfinite, ctx.status)
+    backoff = Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds)
+    every = cfg.consolidate.rebase_every_files
+    rebasing = [Rebase(ctx, lifecycle.dm, every, cfg.seed, lifecycle.dm.encoder.tokenizer, backoff)] if every else []
     saving = cfg.callbacks.model_checkpoint
     history = LossHistory(cfg.logging.every_n_steps, cfg.checkpoint.log_history_max, ctx.status, nonfinite)
     # Order matters: the loss entry of step N is logged before checkpoint N is written; the
     # evaluation of step N comes before the file lifecycle (a stop that interrupts it stops at
-    # N) and before checkpoint N (which holds its result); Lightning runs the checkpointer (a
+    # N) and before checkpoint N (which holds its result); a rebase comes after the file's ledger
+    # record is finished and before its checkpoint; Lightning runs the checkpointer (a
     # ModelCheckpoint) after all the others.
     core = [StopSignals(ctx.stop), RngState(), nonfinite, StepOffset(), history,
             Evaluation.from_config(cfg, lifecycle.dm.encoder.tokenizer, history, ctx),
             Forgetting.from_config(cfg, lifecycle.dm, history, ctx),
-            lifecycle, *([OperatorControls(ctx.ops, lifecycle)] if ctx.ops is not None else []), LoggerRuns(loggers),
-            Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb,
-                         Backoff(cfg.daemon.retry_initial_seconds, cfg.daemon.retry_max_seconds))]
+            lifecycle, *rebasing,
+            *([OperatorControls(ctx.ops, lifecycle)] if ctx.ops is not None else []),
+            LoggerRuns(loggers),
+            Checkpointer(ctx, saving.every_n_train_steps, saving.save_top_k, cfg.checkpoint.min_free_mb, backoff)]
     if cfg.logging.progress_bar and sys.stderr.isatty():
         core.append(FileProgressBar(ctx.status))
     return core

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
+from lit_continual.checkpoints import GENERATION_KEY
 from lit_continual.data.batch import INFO, BatchInfo
 from lit_continual.data.records import IGNORE
+from lit_continual.rebase import Generation
 from lit_continual.schedule import FileSpan, takes_file
 
 log = logging.getLogger("lit_continual")
@@ -39,10 +41,11 @@ class LoRAModule(L.LightningModule):
     """Trains only the adapter; checkpoints hold only the adapter (never the frozen base)."""
 
     def __init__(self, model: PeftModel, optimizer: Callable[..., torch.optim.Optimizer], hyperparameters: dict,
-                 schedule: Callable[[int], float], run_config: dict) -> None:
+                 schedule: Callable[[int], float], run_config: dict, rewarm_steps: int = 0) -> None:
         """`optimizer(params)` builds the configured optimizer; `hyperparameters` are its
         configured keywords (re-applied after a resume); `schedule(step)` multiplies the LR
-        (`schedule(step, file=FileSpan)` for a schedule that takes the file being trained)."""
+        (`schedule(step, file=FileSpan)` for a schedule that takes the file being trained);
+        `rewarm_steps` re-warms the LR after a rebase (rebase.Generation.rewarm)."""
         super().__init__()
         self.model = model
         self.run_config = run_config  # resolved config, stored in every checkpoint
@@ -53,6 +56,8 @@ class LoRAModule(L.LightningModule):
         # The checkpoint's state_dict holds only the adapter, so the base keys are "missing".
         self.strict_loading = False
         self.window_loss = torch.zeros(())  # mean loss of the accumulation window in progress
+        # The base it trains on (run state: in every checkpoint) and where that base is now.
+        self.generation, self.rewarm_steps, self.base_model_path = Generation(), rewarm_steps, None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Packed batches carry position_ids and no attention_mask: transformers then builds a
@@ -142,13 +147,22 @@ class LoRAModule(L.LightningModule):
 
     def lr_factor(self, step: int) -> float:
         """The schedule's LR multiplier after `step` completed steps (in the current file)."""
-        return self.schedule(step, file=self.file_span) if self.takes_file else self.schedule(step)
+        factor = self.schedule(step, file=self.file_span) if self.takes_file else self.schedule(step)
+        return factor * self.generation.rewarm(step, self.rewarm_steps)
+
+    def rebased(self, generation: Generation, path) -> None:
+        """The model now trains on `generation` (at `path`): the LR of the next step re-warms."""
+        self.generation, self.base_model_path = generation, path
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        self._set_lr(self.trainer.optimizers[0], scheduler, float(self.hyperparameters["lr"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # PEFT's own key names and filtering: the saved file loads with stock peft.
         checkpoint["state_dict"] = {k: v.detach().cpu().contiguous()
                                     for k, v in get_peft_model_state_dict(self.model).items()}
         checkpoint["run_config"] = self.run_config
+        checkpoint[GENERATION_KEY] = {**self.generation.to_dict(), "base_model": self.base_model_path and str(
+            self.base_model_path)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("run_config", {}).get("trainer", {}).get("num_threads")
@@ -157,4 +171,5 @@ class LoRAModule(L.LightningModule):
             log.warning("trainer.num_threads=%s but the checkpoint was trained with %s: the resumed "
                         "run stays exact in state, not bitwise", threads, saved)
         set_peft_model_state_dict(self.model, checkpoint["state_dict"])
+        self.generation = Generation.from_dict(checkpoint.get(GENERATION_KEY))
         checkpoint["state_dict"] = {}

@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from lit_continual import atomic, layout
+from lit_continual import atomic, generations, layout
 
 log = logging.getLogger("lit_continual")
 
@@ -50,10 +50,12 @@ def newest_checkpoint(base_dir: Path) -> Path | None:
 
 
 def base_model_dir(base_dir: Path, adapter_dir: Path) -> Path:
-    """The base model directory an adapter was trained on (adapter_config.json), or
-    DIR/base_model when that path no longer exists (a moved base dir of model=tiny)."""
+    """The base model directory an adapter was trained on (adapter_config.json), or, when that
+    path no longer exists (a moved base dir), DIR/base_models/gen-<k> for a rebased run's
+    generation k and DIR/base_model for model=tiny."""
     recorded = Path(json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
-    for candidate in (recorded, base_dir / "base_model"):
+    number = generations.of_path(str(recorded))
+    for candidate in (recorded, generations.directory(base_dir, number) if number else base_dir / "base_model"):
         if (candidate / "config.json").is_file():
             return candidate
     raise FileNotFoundError(f"the base model {recorded} named in {adapter_dir.name}/adapter_config.json is missing")
@@ -184,6 +186,7 @@ def take_and_prune(base_dir: Path, keep_days: float, now: datetime | None = None
         if path is None:
             return {"ok": False, "error": f"no checkpoint yet in {Path(base_dir) / 'current_model'}"}
         pruned = prune(base_dir, keep_days, now)
+        generations.collect(base_dir)  # base generations only the pruned snapshots needed
         info = json.loads((path / INFO).read_text())
     except OSError as err:
         return {"ok": False, "error": f"snapshot failed: {err}"}

@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_continual import checkpoints
+from lit_continual import checkpoints, generations
 from lit_continual.context import RunContext
 from lit_continual.data.batch import INFO
 from lit_continual.status import now
@@ -121,8 +121,9 @@ class Checkpointer(ModelCheckpoint):
         self.ctx.status.update(last_checkpoint=path.name, last_checkpoint_at=now(), write=True)
         try:
             checkpoints.prune(self.ctx.models_dir, self.save_top_k)
+            generations.collect(self.ctx.base_dir)  # base generations no kept checkpoint needs any more
         except OSError as err:  # retention is retried after the next checkpoint
-            log.error("Could not remove old checkpoints: %s", err)
+            log.error("Could not remove old checkpoints or base generations: %s", err)
         self._refresh(trainer)
         for logger in trainer.loggers:
             logger.after_save_checkpoint(proxy(self))

@@ -19,15 +19,17 @@ OPERATIONAL = ("base_dir", "run", "daemon", "logging", "eval", "checkpoint", "ca
                "trainer.accelerator", "trainer._target_", "trainer.enable_progress_bar",
                "trainer.enable_model_summary")
 # Change the numbers of the training itself: accepted with run.allow_config_change=true. (The
-# probes and replay change what new files train, never what was trained: the split of each file
-# and the reservoir are in the run state.)
+# probes, replay and rebasing change what new files train, never what was trained: the split of
+# each file, the reservoir and the base generations made so far are in the run state.)
 ADJUSTABLE = ("optim", "scheduler", "trainer", "eval.holdout_fraction", "eval.holdout_max",
-              "data.replay_fraction", "data.replay_buffer_size")
+              "data.replay_fraction", "data.replay_buffer_size", "consolidate.rebase_every_files",
+              "consolidate.rewarm_steps")
 
 
 # Keys added since runs were first saved, with the value that does what a run without them did.
 BEFORE_THEY_EXISTED = {"eval.holdout_fraction": 0, "eval.holdout_max": 200, "data.replay_fraction": 0,
-                       "data.replay_buffer_size": 10000}
+                       "data.replay_buffer_size": 10000, "consolidate.rebase_every_files": None,
+                       "consolidate.rewarm_steps": 20}
 
 ABSENT = "(absent)"  # how a key one side does not have is shown and compared
 

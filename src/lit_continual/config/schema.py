@@ -207,6 +207,8 @@ class Snapshot:
 class Consolidate:
     schedule: str | None = key(cron_or_never)
     keep: int = key(positive)
+    rebase_every_files: int | None = key(at_least(1))
+    rewarm_steps: int = key(at_least(0))
 
 
 @dataclass
