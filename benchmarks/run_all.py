@@ -14,7 +14,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = [["throughput.py"], ["overhead.py"], ["operations.py"], ["backlog.py"], ["big_file.py"],
-           ["operator_commands.py"], ["evaluation.py", "tiny", "1000"], ["evaluation.py", "smollm2", "64", "2"]]
+           ["operator_commands.py"], ["evaluation.py", "tiny", "1000"], ["evaluation.py", "smollm2", "64", "2"],
+           ["forgetting.py", "--seeds", "10", "--json", str(RESULTS / "forgetting.json")]]
+README = HERE.parent / "README.md"
+FORGETTING_TABLE = ("<!-- forgetting-table -->", "<!-- /forgetting-table -->")  # make bench rewrites it
 
 
 def _load(name: str) -> dict:
@@ -128,6 +131,16 @@ def table() -> str:
                 f"{e['file_lines']}-line file (eval defaults: once per file)", "",
                 f"{e['eval_over_train_median']:.0%} ({low:.0%}–{high:.0%} over "
                 f"{e['rounds']} rounds); samples (2 prompts × 64 tokens) {e['samples_s_median']:.1f} s", None)
+    forgetting = _load("forgetting")
+    if forgetting:
+        by = {f: [r["forgetting"] for r in forgetting["runs"] if r["fraction"] == f] for f in (0.0, 0.25)}
+        cost = statistics.fmean(r["b_after_b"] for r in forgetting["runs"] if r["fraction"] == 0.25) - \
+            statistics.fmean(r["b_after_b"] for r in forgetting["runs"] if r["fraction"] == 0.0)
+        without, replayed = statistics.fmean(by[0.0]), statistics.fmean(by[0.25])
+        row(f"forgetting of domain A after domain B, {forgetting['seeds']} seeds: without replay; "
+            "with data.replay_fraction=0.25 (× without); loss on B", "≥ 1.03 nats; ≤ 0.35×; cost < 0.15",
+            f"{without:.2f} nats; {replayed:.2f} nats ({replayed / without:.2f}×); {cost:+.3f} nats",
+            without >= 1.03 and replayed <= 0.35 * without and cost < 0.15)
     head = "| figure | target | measured | |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows) + "\n"
 
@@ -138,6 +151,21 @@ def main() -> None:
     text = table()
     (RESULTS / "table.md").write_text(text)
     print(text)
+    readme_forgetting_table()
+
+
+def readme_forgetting_table() -> None:
+    """The README's forgetting table, from benchmarks/results/forgetting.json."""
+    found = _load("forgetting")
+    readme = README.read_text()
+    start, end = FORGETTING_TABLE
+    if not found or start not in readme or end not in readme:
+        return
+    sys.path.insert(0, str(HERE))
+    from forgetting import table as forgetting_table
+
+    before, rest = readme.split(start, 1)
+    README.write_text(f"{before}{start}\n{forgetting_table(found['runs'])}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

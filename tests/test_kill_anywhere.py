@@ -18,7 +18,17 @@ import torch
 from safetensors.torch import load_file
 
 from lit_continual.safe_load import load_tensors
-from tests.conftest import EXACT, EXACT_LINES, claimed, fill_exact, log_text, newest, run_daemon, trainer_state
+from tests.conftest import (
+    EXACT,
+    EXACT_LINES,
+    claimed,
+    fill_exact,
+    log_text,
+    newest,
+    run_daemon,
+    trainer_state,
+    write_jsonl,
+)
 
 KILL_SEED = 2026
 LOGGERS = ("logger=[tensorboard,csv]",)  # the CSV log is run state a kill must not corrupt
@@ -104,3 +114,62 @@ def test_csv_log_after_kills_keeps_the_runs_curve(reference, killed):
     expected = {e["step"]: e["loss"] for e in trainer_state(newest(reference))["log_history"]}
     assert sorted(last) == sorted(expected) and len(rows) > len(expected), "kills mid-file repeat some steps"
     assert all(abs(last[step] - loss) <= 1e-6 for step, loss in expected.items())
+
+
+# The run state added for learning that lasts, killed at its own moments: three 48-line files
+# with 4 examples of each held out as probes (44 trained), a fixed eval file, a quarter of each
+# batch replayed once the reservoir holds examples, and a rebase after every second file.
+# Steps: a 1-6 (no reservoir yet: 44 / 8), b 7-14 (6 new + 2 replayed per batch: 44 / 6),
+# rebase at 14, c 15-22; checkpoints every 4 steps and at file ends.
+LASTING = ["eval.holdout_fraction=0.1", "data.replay_fraction=0.25", "data.replay_buffer_size=20",
+           "consolidate.rebase_every_files=2", "consolidate.rewarm_steps=4", "logging.every_n_steps=1",
+           "checkpoint.every_n_steps=4"]
+LASTING_KILLS = ["replay@6",          # a's examples in its replay segment, checkpoint-6 not written
+                 "rebase-base@14",    # gen-1 written in its temp dir, not yet renamed
+                 "rebase-swap@14",    # gen-1 in place, the model not yet swapped
+                 "rebase-done@14",    # swapped (fresh adapter, empty optimizer), checkpoint-14 not written
+                 f"step@{random.Random(KILL_SEED).randint(15, 21)}"]  # on gen 1 with replay, mid-file
+
+
+def test_kill_anywhere_with_replay_probes_and_rebase_is_bit_identical(tmp_path: Path):
+    from tests.test_rebase import consistent, daemon_here, fill
+
+    reference, killed = tmp_path / "reference" / "run", tmp_path / "killed" / "run"
+    for base in (reference, killed):
+        fill(base, "abc")
+        write_jsonl(base / "eval" / "fixed.jsonl", 12, seed=99)
+    daemon_here(reference, *LASTING)
+    print(f"kill plan: {LASTING_KILLS}")
+    for fault in LASTING_KILLS:
+        result = run_daemon(killed, *LASTING, fault=fault)
+        assert result.returncode == -signal.SIGKILL, f"{fault} did not fire:\n{result.stderr[-3000:]}"
+        consistent(killed)  # old base + old adapter, or new base + fresh adapter: never a mix
+    daemon_here(killed, *LASTING)
+    consistent(killed)
+
+    mine, theirs = newest(killed), newest(reference)
+    assert mine.name == theirs.name == "checkpoint-22"
+    ledger = json.loads((mine / "ledger.json").read_text())
+    assert [(r["name"], r["first_step"], r["last_step"], r["examples_trained"], r["held_out"])
+            for r in ledger["files_done"]] == [("a.jsonl", 1, 6, 44, 4), ("b.jsonl", 7, 14, 44, 4),
+                                               ("c.jsonl", 15, 22, 44, 4)]
+    assert ledger == json.loads((theirs / "ledger.json").read_text()) | {"files_done": ledger["files_done"]}
+    assert [(r["replayed"], r.get("rebased_to")) for r in ledger["files_done"]] == \
+        [(r["replayed"], r.get("rebased_to")) for r in json.loads((theirs / "ledger.json").read_text())["files_done"]]
+    for name in ("adapter_model.safetensors",):
+        a, b = load_file(mine / name), load_file(theirs / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_tensors(mine / "optimizer.pt")["state"], load_tensors(theirs / "optimizer.pt")["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    gen_a = load_file(killed / "base_models" / "gen-1" / "model.safetensors")
+    gen_b = load_file(reference / "base_models" / "gen-1" / "model.safetensors")
+    assert gen_a.keys() == gen_b.keys() and all(torch.equal(gen_a[k], gen_b[k]) for k in gen_a)
+    # The replay reservoir, the forgetting matrix, the probes and the losses: the same.
+    assert (mine / "replay.json").read_text() == (theirs / "replay.json").read_text()
+    for run in (killed, reference):
+        assert sorted(p.name for p in (run / "eval" / "probes").iterdir()) == ["1-a.jsonl", "2-b.jsonl", "3-c.jsonl"]
+    assert json.loads((killed / "eval" / "forgetting.json").read_text()) == \
+        json.loads((reference / "eval" / "forgetting.json").read_text())
+    got = [(e["step"], e.get("loss"), e.get("eval_loss")) for e in trainer_state(mine)["log_history"]]
+    assert got == [(e["step"], e.get("loss"), e.get("eval_loss")) for e in trainer_state(theirs)["log_history"]]
+    assert not [p for p in (killed / "base_models").iterdir() if p.name.startswith(".")]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from lit_continual import generations, snapshots
 from lit_continual.cli import main
 from lit_continual.safe_load import load_tensors
-from tests.conftest import FAST, checkpoints, log_text, newest, run_daemon, trainer_state, write_jsonl
+from tests.conftest import FAST, checkpoints, log_text, newest, trainer_state, write_jsonl
 
 REBASE = ["consolidate.rebase_every_files=1", "consolidate.rewarm_steps=4", "logging.every_n_steps=1",
           "checkpoint.every_n_steps=4"]
@@ -171,12 +171,6 @@ def test_a_rebased_checkpoint_and_its_snapshot_load_with_stock_peft_offline(reba
     assert all(torch.equal(v, plain[k]) for k, v in merged.state_dict().items() if k in plain)
 
 
-# Kills: two 6-step files, a rebase at each file end (6, 12), checkpoints every 4 steps.
-KILLS = ["rebase-base@6",   # gen-1 written in its temp dir, not yet renamed
-         "rebase-swap@6",   # gen-1 in place, the model not yet swapped (a leftover for the next try)
-         "rebase-done@12"]  # gen-2 in place and swapped, checkpoint-12 not written: resume on gen 1
-
-
 def consistent(base: Path) -> None:
     """Every checkpoint names one generation in both places, and that generation is on disk."""
     for ckpt in checkpoints(base):
@@ -184,31 +178,3 @@ def consistent(base: Path) -> None:
         recorded = json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"]
         expected = base / "base_models" / f"gen-{number}" if number else base / "base_model"
         assert recorded == str(expected.resolve()) and expected.is_dir(), (ckpt.name, number, recorded)
-
-
-def test_a_kill_anywhere_in_a_rebase_resumes_bit_identical(tmp_path: Path):
-    reference, killed = tmp_path / "reference" / "run", tmp_path / "killed" / "run"
-    for base in (reference, killed):
-        fill(base, "ab")
-    daemon_here(reference, *REBASE)
-    for fault in KILLS:
-        result = run_daemon(killed, *REBASE, fault=fault)
-        assert result.returncode == -signal.SIGKILL, f"{fault} did not fire:\n{result.stderr[-3000:]}"
-        consistent(killed)
-    assert trainer_state(newest(killed))["base_generation"] == 1  # checkpoint-8
-    daemon_here(killed, *REBASE)  # the resume that finishes it (in-process: no import cost)
-    consistent(killed)
-    assert "Base generation 1 from" in log_text(killed)
-    assert [p.name for p in checkpoints(killed)] == [p.name for p in checkpoints(reference)]
-    for ckpt in ("checkpoint-8", "checkpoint-12"):  # gen 1 + 2 trained steps; gen 2 + fresh adapter
-        mine, theirs = killed / "current_model" / ckpt, reference / "current_model" / ckpt
-        assert trainer_state(mine)["base_generation"] == trainer_state(theirs)["base_generation"]
-        a, b = load_file(mine / "adapter_model.safetensors"), load_file(theirs / "adapter_model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        a, b = load_tensors(mine / "optimizer.pt")["state"], load_tensors(theirs / "optimizer.pt")["state"]
-        assert a.keys() == b.keys() and all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
-    for gen in ("gen-1", "gen-2"):
-        a = load_file(killed / "base_models" / gen / "model.safetensors")
-        b = load_file(reference / "base_models" / gen / "model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), gen
-    assert not [p for p in (killed / "base_models").iterdir() if p.name.startswith(".")]

@@ -44,6 +44,7 @@ FOREIGN_MARKERS = (TRAINER_STATE, ADAPTER, "adapter_config.json", "rng_state.pth
 LEDGER_KEY = "ContinualDataModule"  # Lightning stores datamodule state under its class name
 HISTORY_KEY = "LossHistory"  # the LossHistory callback's state_key
 LOGGER_RUNS_KEY = "LoggerRuns"  # the LoggerRuns callback's state_key
+REPLAY_KEY, REPLAY = "Replay", "replay.json"  # the replay reservoir (data/replay.py), when replay is on
 GENERATION_KEY = "base_generation"  # LoRAModule.generation (rebase.py), kept in trainer_state.json
 
 
@@ -263,6 +264,9 @@ class DirectoryCheckpointIO(CheckpointIO):
                  "rebase_files_done": generation.get("files_at_rebase", 0)}
         atomic.write_json(out / TRAINER_STATE, state, durable=False)
         atomic.write_json(out / RUN_CONFIG, ckpt.pop("run_config"), durable=False)
+        replay = ckpt["callbacks"].pop(REPLAY_KEY, None)
+        if replay:
+            atomic.write_json(out / REPLAY, replay, durable=False)
         (out / RUN_STATE).write_bytes(_loadable_bytes(ckpt))
         manifest = {name: {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                     for name in sorted(os.listdir(out))}
@@ -276,6 +280,8 @@ class DirectoryCheckpointIO(CheckpointIO):
         ckpt["lr_schedulers"] = [load_tensors(src / SCHEDULER)]
         ckpt[LEDGER_KEY] = json.loads((src / LEDGER).read_text())
         ckpt["run_config"] = json.loads((src / RUN_CONFIG).read_text())
+        if (src / REPLAY).is_file():
+            ckpt["callbacks"][REPLAY_KEY] = json.loads((src / REPLAY).read_text())
         state = json.loads((src / TRAINER_STATE).read_text())
         ckpt["callbacks"][HISTORY_KEY] = {"every_n_steps": state["logging_steps"],
                                           "log_history": state["log_history"],

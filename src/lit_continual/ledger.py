@@ -46,6 +46,7 @@ class FileRecord:
     finished_at: str | None = None
     formats: dict[str, int] = field(default_factory=dict)  # valid examples per detected format
     held_out: int = 0  # examples held out as the file's probe (never trained; data/holdout.py)
+    replayed: int = 0  # past examples replayed in its batches (data/replay.py; not its own)
 
     @property
     def trainable(self) -> int:
@@ -68,6 +69,7 @@ class Ledger:
     files_rejected: list[dict] = field(default_factory=list)  # moved to failed/ untrained
     files_started: int = 0
     examples_trained_total: int = 0
+    examples_replayed_total: int = 0  # past examples replayed (data/replay.py), not counted above
     # Files finished per status (done, skipped, abandoned, failed) and rejected, over the whole
     # run: files_done and files_rejected keep only the newest `max_done`.
     counts: dict[str, int] = field(default_factory=dict)
@@ -85,11 +87,13 @@ class Ledger:
         self.current = record
         self.files_started = max(self.files_started, record.ordinal)
 
-    def advance(self, examples: int) -> None:
-        """`examples` more examples of the current file were trained."""
+    def advance(self, examples: int, replayed: int = 0) -> None:
+        """`examples` more examples of the current file were trained, with `replayed` past ones."""
         assert self.current is not None, "advance() without a current file"
         self.current.examples_trained += examples
         self.examples_trained_total += examples
+        self.current.replayed += replayed
+        self.examples_replayed_total += replayed
 
     def finish(self, step: int, status: str = "done") -> FileRecord:
         """Close the current file at `step` and move it to files_done."""
@@ -151,6 +155,7 @@ class Ledger:
             "version": LEDGER_VERSION,
             "files_started": self.files_started,
             "examples_trained_total": self.examples_trained_total,
+            "examples_replayed_total": self.examples_replayed_total,
             "counts": dict(self.counts),
             "current": asdict(self.current) if self.current else None,
             "files_done": [asdict(r) for r in self.files_done],
@@ -173,6 +178,7 @@ class Ledger:
             files_rejected=list(data.get("files_rejected", [])),
             files_started=int(data.get("files_started", 0)),
             examples_trained_total=int(data.get("examples_trained_total", 0)),
+            examples_replayed_total=int(data.get("examples_replayed_total", 0)),
             max_done=max_done,
         )
 

@@ -10,9 +10,11 @@ from lit_continual.callbacks.logger_runs import LoggerRuns
 from lit_continual.callbacks.loss_history import LossHistory
 from lit_continual.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from lit_continual.callbacks.progress import FileProgressBar
+from lit_continual.callbacks.replay import ReplayBuffer
 from lit_continual.callbacks.rng import RngState
 from lit_continual.callbacks.step_offset import StepOffset
 from lit_continual.callbacks.stop_signals import StopSignals
 
 __all__ = ["Checkpointer", "Evaluation", "FileLifecycle", "FileProgressBar", "LoggerRuns", "LossHistory",
-           "NonFiniteError", "NonFiniteGuard", "OperatorControls", "RngState", "StepOffset", "StopSignals"]
+           "NonFiniteError", "NonFiniteGuard", "OperatorControls", "ReplayBuffer",
+           "RngState", "StepOffset", "StopSignals"]

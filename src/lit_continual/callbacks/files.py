@@ -45,7 +45,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
         # Examples of the optimizer step in progress: the ledger advances by whole steps, so a
         # checkpoint (even one forced mid-window by a user callback's stop) never counts
         # examples whose update was not applied.
-        self.window_examples = 0
+        self.window_examples = self.window_replayed = 0
         self.completed = 0  # files this process trained to their end, durably
         self.skipped = 0  # files an operator skipped in this process (durably)
 
@@ -92,10 +92,11 @@ class FileLifecycle(CheckpointListener, L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         info: BatchInfo = batch[INFO]
         self.window_examples += info.examples
+        self.window_replayed += info.replayed
         if not info.window_end:
             return
-        self.dm.ledger.advance(self.window_examples)
-        self.window_examples = 0
+        self.dm.ledger.advance(self.window_examples, self.window_replayed)
+        self.window_examples = self.window_replayed = 0
         step = trainer.global_step
         self.ctx.status.update(current_step=step, last_step_at=now())
         faults.point("step", step)
@@ -108,6 +109,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
         step = trainer.global_step
         record = self.dm.ledger.finish(step, status="abandoned" if info.abandoned else "done")
         record.disposal = self.dm.feed.decide(info.handle, info.abandoned)  # in the checkpoint: replayed after a kill
+        self._offer_to_replay(record, info.handle, step)
         self.ctx.guard.idle()
         self.finished.append(_Finished(record, info.handle, step))
 
@@ -117,10 +119,29 @@ class FileLifecycle(CheckpointListener, L.Callback):
         step = trainer.global_step
         record = self.dm.ledger.finish(step, status="skipped")
         record.disposal = SKIPPED
+        self._offer_to_replay(record, info.handle, step)
         self.ctx.guard.idle()
         self.finished.append(_Finished(record, info.handle, step))
         log.info("Skipping %s at step %d: %d of %d examples trained (steps %s-%d)", record.name, step,
                  record.examples_trained, record.examples, record.first_step, step)
+
+    def _offer_to_replay(self, record: FileRecord, handle: Any, step: int) -> None:
+        """The file's trained examples join the replay reservoir (before this step's checkpoint,
+        which holds the reservoir). A segment that cannot be written leaves the reservoir as it
+        was: the run goes on without this file's examples in it."""
+        replay, prepared = self.dm.replay, self.dm.feed.live.get(handle)
+        if replay is None or prepared is None or prepared.order is None:
+            return
+        try:
+            kept = replay.offer(record, prepared.index, prepared.order[: record.examples_trained])
+        except OSError as err:
+            log.error("Replay: the examples of %s could not be added to the reservoir: %s: %s", record.name,
+                      type(err).__name__, err)
+            self.ctx.status.warn(f"replay: {record.name} was not added to the reservoir: {err}")
+            return
+        faults.point("replay", step)
+        log.info("Replay: %d of the %d trained examples of %s joined the reservoir (%d of %d slots)", kept,
+                 record.examples_trained, record.name, len(replay), replay.capacity)
 
     def on_checkpoint_saved(self, trainer: L.Trainer, step: int) -> None:
         """A checkpoint of `step` is durable: the files trained up to it leave the inbox."""
@@ -135,8 +156,9 @@ class FileLifecycle(CheckpointListener, L.Callback):
                           "it was claimed", record.name, item.step, record.trainable - record.examples_trained)
             else:
                 self.completed += 1
-                log.info("File %s done: steps %s-%d, %d examples", record.name, record.first_step, item.step,
-                         record.examples)
+                held = f" (+{record.held_out} held out as its probe)" if record.held_out else ""
+                log.info("File %s done: steps %s-%d, %d examples%s", record.name, record.first_step, item.step,
+                         record.examples_trained, held)
             faults.point("before-delete", item.step)
             self.dm.feed.finish(item.handle, record)
             self.ctx.status.update(current_file=None, total_steps=item.step, write=True, **self._counts())

@@ -25,3 +25,4 @@ class BatchInfo:
     abandoned: str | None  # why the rest of the file cannot be trained (it changed), or None
     file_steps_total: int  # optimizer steps the whole file takes
     file_steps_left: int  # steps left of it when this process started it
+    replayed: int = 0  # examples of it drawn from the replay reservoir (data/replay.py)

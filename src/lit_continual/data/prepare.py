@@ -30,6 +30,10 @@ class PreparedFile:
     index: FileIndex
     record: FileRecord
     handle: int = 0  # how batches refer to it (batch contents are deep-copied by Lightning)
+    # Its training order and unit bounds, once batching started: what was trained of it (the
+    # first `record.examples_trained` of `order`) is offered to the replay reservoir at its end.
+    order: np.ndarray | None = None
+    bounds: np.ndarray | None = None
 
 
 def shuffle_seed(run_seed: int, ordinal: int) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import copy
 import logging
-import math
 import threading
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from lit_continual.data.file_index import FileChanged, FileIndex, Judge
 from lit_continual.data.holdout import training_order
 from lit_continual.data.prepare import FeedRules, PreparedFile
 from lit_continual.data.records import IGNORE, BadLine, Encoder, Example, RecordSpec, collate, collate_packed
+from lit_continual.data.replay import Allotment, Reservoir
 from lit_continual.data.single_file import SingleFileFeed
 from lit_continual.inbox import Inbox
 from lit_continual.ledger import Ledger
@@ -82,8 +82,11 @@ class FileStream(IterableDataset):
 
     def __init__(self, datamodule: ContinualDataModule) -> None:
         self.dm = datamodule
+        self.step = 0  # the 0-based optimizer step the next window trains (replay's allotment)
 
     def __iter__(self):
+        # An epoch starts after the previous one's steps (or the restore): one window is one step.
+        self.step = self.dm.trainer.global_step if self.dm.trainer is not None else 0
         block = True  # the first file of an epoch may wait; later ones end the epoch if not ready
         while not self.dm.stop.requested:
             prepared = self.dm.feed.next_file(block)
@@ -91,54 +94,69 @@ class FileStream(IterableDataset):
                 return
             block = False
             finished = yield from self._batches(prepared)
-            if not finished:
+            if not finished or self.dm.replay is not None:
+                # With replay, an epoch is one file: the loader fetches a batch ahead, and the
+                # next file's batches must be made after this file joined the reservoir.
                 return
 
     def _batches(self, prepared: PreparedFile):
         dm, record, index = self.dm, prepared.record, prepared.index
         order = training_order(record, dm.shuffle)
-        n = len(order)
         if dm.packing:
             order, bounds = pack_plan(index.lengths, order, dm.max_length, record.shuffle_seed)
         else:
-            bounds = np.arange(n + 1, dtype=np.int64)
+            bounds = np.arange(len(order) + 1, dtype=np.int64)
+        prepared.order, prepared.bounds = order, bounds  # what was trained of it joins the reservoir
         size, windows = dm.batch_size, dm.accumulate
         units_total = len(bounds) - 1
         unit = first = int(np.searchsorted(bounds, record.examples_trained))
-        steps_total = math.ceil(units_total / (size * windows))
-        steps_left = math.ceil((units_total - first) / (size * windows))
+        replaying = dm.replaying  # the reservoir changes only at file ends: fixed for this file
+        first_step = record.first_step - 1 if record.first_step is not None else self.step
+        steps_total = dm.allotment.steps(units_total, first_step, replaying)
+        steps_left = dm.allotment.steps(units_total - first, self.step, replaying)
         abandoned: str | None = None
         while unit < units_total and abandoned is None:
             if dm.stop.requested or record.status == "skipped":
                 return False
             dm.feed.look_ahead()
-            window_end_unit = min(unit + size * windows, units_total)
-            parts = [(u, min(u + size, window_end_unit)) for u in range(unit, window_end_unit, size)]
+            step = self.step
+            new = dm.allotment.new_units(step) if replaying else [size] * windows
+            parts, end = [], unit  # (first unit, end unit, replayed units) of each real micro-batch
+            for part in range(windows):
+                if end >= units_total:
+                    break
+                hi = min(end + new[part], units_total)
+                parts.append((end, hi, size - new[part]))
+                end = hi
             real = len(parts)
-            parts += [(window_end_unit, window_end_unit)] * (windows - real)  # zero-weight fillers
-            for j, (lo, hi) in enumerate(parts):
+            parts += [(end, end, 0)] * (windows - real)  # zero-weight fillers
+            for j, (lo, hi, replayed) in enumerate(parts):
                 if record.status == "skipped":
                     # An operator skipped the file at the step before (its claim is closed): this
                     # epoch ends; the next one starts with the next file (LoRAModule drops the
                     # micro-batch fetched before the skip).
                     return False
                 batch = None
-                if abandoned is None and hi > lo:
+                if abandoned is None and (hi > lo or replayed):
                     try:
-                        batch = dm.make_batch(index, order, bounds[lo: hi + 1])
+                        batch = dm.make_batch(index, order, bounds[lo: hi + 1], dm.replay_units(step, j, replayed))
                     except OSError as err:  # rewritten in place, or unreadable: the rest is abandoned
                         abandoned = "changed" if isinstance(err, FileChanged) else f"{type(err).__name__}: {err}"
                         log.error("%s", err)
                 examples = int(bounds[hi] - bounds[lo]) if batch is not None else 0
+                replayed_examples = int(batch.pop("replayed")) if batch is not None else 0
                 batch = batch if batch is not None else dm.make_batch(index, order, bounds[:0])
+                batch.pop("replayed", None)
                 last = j == windows - 1
                 batch[INFO] = BatchInfo(
                     file=record, handle=prepared.handle, examples=examples, tokens=int(batch.pop("real_tokens")),
                     first_of_file=unit == first and j == 0, window_start=j == 0, window_end=last,
-                    window_parts=real, file_end=last and (window_end_unit == units_total or abandoned is not None),
-                    abandoned=abandoned, file_steps_total=steps_total, file_steps_left=steps_left)
+                    window_parts=real, file_end=last and (end == units_total or abandoned is not None),
+                    abandoned=abandoned, file_steps_total=steps_total, file_steps_left=steps_left,
+                    replayed=replayed_examples)
                 yield batch
-            unit = window_end_unit
+            unit = end
+            self.step += 1
         return record.status != "skipped"  # never hand out the next file in an epoch that is ending
 
 
@@ -179,6 +197,10 @@ class ContinualDataModule(L.LightningDataModule):
         self.spec = RecordSpec(cfg.data.format, cfg.data.text_field, cfg.data.prompt_field,
                                cfg.data.completion_field, cfg.data.messages_field)
         self.encoder = Encoder(tokenizer, cfg.data.max_length, self.spec)
+        # Replay (data/replay.py): the reservoir is run state (the ReplayBuffer callback saves it).
+        self.allotment = Allotment(cfg.data.replay_fraction, self.batch_size, self.accumulate)
+        self.replay = (Reservoir(ctx.base_dir, cfg.data.replay_buffer_size, cfg.seed, self.spec)
+                       if cfg.data.replay_fraction > 0 else None)
         rules = FeedRules(seed=cfg.seed, spec=self.spec, max_line_bytes=cfg.data.max_line_bytes,
                           max_bad_fraction=cfg.data.max_bad_fraction, skip_duplicates=cfg.daemon.skip_duplicates,
                           judge=index_judge(tokenizer, cfg.data.max_length, self.spec, self.packing),
@@ -197,26 +219,54 @@ class ContinualDataModule(L.LightningDataModule):
     def effective_batch(self) -> int:
         return self.batch_size * self.accumulate
 
-    def make_batch(self, index: FileIndex, order: np.ndarray, unit_bounds: np.ndarray) -> dict[str, torch.Tensor]:
-        """Read, tokenize and collate the units whose bounds (into `order`) are given.
+    @property
+    def replaying(self) -> bool:
+        """Batches replay past examples: data.replay_fraction > 0 and the reservoir holds some."""
+        return self.replay is not None and len(self.replay) > 0
+
+    def replay_units(self, step: int, part: int, count: int) -> list[list[Example]]:
+        """The `count` replayed units of micro-batch `part` of step `step` (data/replay.py)."""
+        if not count or not self.replaying:
+            return []
+        return self.replay.draw(step, part, count, self._encode_replayed, self.max_length if self.packing else None)
+
+    def _encode_replayed(self, record: dict | None) -> Example:
+        if record is not None:
+            try:
+                return self.encoder.encode_one(record)
+            except Exception as err:
+                log.warning("A replayed example cannot be encoded, trained with zero weight: %s: %s",
+                            type(err).__name__, err)
+        return [self.pad_id], [IGNORE]
+
+    def make_batch(self, index: FileIndex, order: np.ndarray, unit_bounds: np.ndarray,
+                   replayed: list[list[Example]] = ()) -> dict[str, torch.Tensor]:
+        """Read, tokenize and collate the units whose bounds (into `order`) are given, followed
+        by the `replayed` units (each a list of examples; one without packing).
 
         Raises FileChanged/OSError if the claimed file cannot give back what was indexed.
         """
-        if len(unit_bounds) < 2:
+        rows: list[list[Example]] = []
+        if len(unit_bounds) >= 2:
+            positions = order[unit_bounds[0]: unit_bounds[-1]]
+            records = index.read(positions, self.spec)
+            examples = [self._encode(index, int(pos), record) for pos, record in zip(positions, records, strict=True)]
+            cuts = (unit_bounds - unit_bounds[0]).tolist()
+            rows = [examples[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        rows += list(replayed)
+        replayed_examples = sum(len(unit) for unit in replayed)
+        if not rows:
             batch = collate([], self.pad_id)
-            batch["real_tokens"] = torch.tensor(0)
+            batch["real_tokens"], batch["replayed"] = torch.tensor(0), 0
             return batch
-        positions = order[unit_bounds[0]: unit_bounds[-1]]
-        records = index.read(positions, self.spec)
-        examples = [self._encode(index, int(pos), record) for pos, record in zip(positions, records, strict=True)]
         if not self.packing:
-            batch = collate(examples, self.pad_id)
+            batch = collate([example for row in rows for example in row], self.pad_id)
             batch["real_tokens"] = batch["attention_mask"].sum()
-            return batch
-        cuts = (unit_bounds - unit_bounds[0]).tolist()
-        rows = [examples[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-        width = max(sum(len(ids) for ids, _ in row) for row in rows)
-        return collate_packed(rows, self.pad_id, width)
+        else:
+            width = max(sum(len(ids) for ids, _ in row) for row in rows)
+            batch = collate_packed(rows, self.pad_id, width)
+        batch["replayed"] = replayed_examples
+        return batch
 
     def _encode(self, index: FileIndex, position: int, record: dict | BadLine) -> Example:
         """One example; a line found bad only now keeps its slot with zero weight (exact steps)."""
