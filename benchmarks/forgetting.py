@@ -7,7 +7,8 @@ from the run's own evaluation at each file end (DIR/eval/A.jsonl, B.jsonl).
     python benchmarks/forgetting.py [--seeds 10] [--json out.json]
 
 Forgetting of A = its eval loss after file B - its eval loss after file A (Avalanche's
-definition, for a loss).
+definition, for a loss). With --equal-steps, replay 0.25 also runs on a B file cut to 180 lines,
+so that B takes the same 30 steps as without replay (equal compute, fewer B examples).
 """
 
 from __future__ import annotations
@@ -47,18 +48,19 @@ def write(path: Path, lines: list[str], age: float) -> None:
     os.utime(path, (stamp, stamp))
 
 
-def measure(root: Path, seed: int, fraction: float, threads: int = 2) -> dict:
+def measure(root: Path, seed: int, fraction: float, threads: int = 2, equal_steps: bool = False) -> dict:
     """One run: {"fraction", "seed", "a_after_a", "b_after_a", "a_after_b", "b_after_b", "forgetting",
     "steps" (the global step at the end of each file)}."""
     from lit_continual.config import compose
     from lit_continual.run import train
 
-    base = root / f"seed{seed}-replay{fraction}"
+    base = root / f"seed{seed}-replay{fraction}{'-equal' if equal_steps else ''}"
     rng = random.Random(seed)
     write(base / "eval" / "A.jsonl", domain_lines(WORDS_A, 32, rng), 0)
     write(base / "eval" / "B.jsonl", domain_lines(WORDS_B, 32, rng), 0)
     write(base / "inbox" / "a.jsonl", domain_lines(WORDS_A, STEPS * BATCH, rng), 20)
-    write(base / "inbox" / "b.jsonl", domain_lines(WORDS_B, STEPS * BATCH, rng), 10)
+    b_lines = round(STEPS * BATCH * (1 - fraction)) if equal_steps else STEPS * BATCH  # equal compute: fewer B lines
+    write(base / "inbox" / "b.jsonl", domain_lines(WORDS_B, b_lines, rng), 10)
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = train(compose([f"base_dir={base}", f"seed={seed}", "daemon.exit_when_idle=true",
@@ -77,7 +79,7 @@ def measure(root: Path, seed: int, fraction: float, threads: int = 2) -> dict:
     steps = [e["step"] for e in evals[-2:]]
     return {"fraction": fraction, "seed": seed, "a_after_a": after_a["A"], "b_after_a": after_a["B"],
             "a_after_b": after_b["A"], "b_after_b": after_b["B"], "forgetting": after_b["A"] - after_a["A"],
-            "steps": steps}
+            "steps": steps, "b_lines": b_lines}
 
 
 def table(results: list[dict]) -> str:
@@ -86,12 +88,14 @@ def table(results: list[dict]) -> str:
     seeds = len({r["seed"] for r in results})
     rows = [f"| replay_fraction | steps (A, B) | after A: loss on A / B | after B: loss on A / B | forgetting of A "
             f"(mean of {seeds} seeds, min–max) |", "|---:|---:|---:|---:|---:|"]
-    for fraction in sorted({r["fraction"] for r in results}):
-        mine = [r for r in results if r["fraction"] == fraction]
+    for fraction, b_lines in sorted({(r["fraction"], r.get("b_lines", STEPS * BATCH)) for r in results},
+                                    key=lambda k: (k[0], -k[1])):
+        mine = [r for r in results if (r["fraction"], r.get("b_lines", STEPS * BATCH)) == (fraction, b_lines)]
         m = {k: statistics.fmean(r[k] for r in mine) for k in keys}
         low, high = min(r["forgetting"] for r in mine), max(r["forgetting"] for r in mine)
         first, last = mine[0]["steps"]
-        rows.append(f"| {fraction} | {first}, {last - first} | {m['a_after_a']:.3f} / {m['b_after_a']:.3f} | "
+        label = f"{fraction}" + (f" (B: {b_lines} lines)" if b_lines != STEPS * BATCH else "")
+        rows.append(f"| {label} | {first}, {last - first} | {m['a_after_a']:.3f} / {m['b_after_a']:.3f} | "
                     f"{m['a_after_b']:.3f} / {m['b_after_b']:.3f} | {m['forgetting']:.3f} ({low:.3f} to {high:.3f}) |")
     return "\n".join(rows)
 
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--json", type=Path, help="write the per-run figures here")
+    parser.add_argument("--equal-steps", action="store_true",
+                        help=f"also run replay 0.25 with B cut to {round(STEPS * BATCH * 0.75)} lines "
+                             "(30 steps, as without replay)")
     args = parser.parse_args(argv)
     import logging
 
@@ -109,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             for fraction in FRACTIONS:
                 results.append(measure(Path(tmp), seed, fraction))
+                print(json.dumps(results[-1]), file=sys.stderr)
+            if args.equal_steps:
+                results.append(measure(Path(tmp), seed, 0.25, equal_steps=True))
                 print(json.dumps(results[-1]), file=sys.stderr)
     print(table(results))
     if args.json:
