@@ -95,6 +95,7 @@ def test_a_rebase_makes_a_new_base_generation_with_a_fresh_adapter_and_optimizer
     last, before = newest(rebased), checkpoints(rebased)[0]
     state = trainer_state(last)
     assert (state["base_generation"], state["rebased_at_step"], state["rebase_files_done"]) == (3, 18, 3)
+    assert json.loads((rebased / "status" / "training_status.json").read_text())["base_generation"] == 3
     config = json.loads((last / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((rebased / "base_models" / "gen-3").resolve())
     adapter = load_file(last / "adapter_model.safetensors")

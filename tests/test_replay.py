@@ -14,7 +14,7 @@ import pytest
 
 from lit_continual.data.replay import Allotment
 from lit_continual.report import verify
-from tests.conftest import REPO, log_text, newest, train_here, write_jsonl
+from tests.conftest import REPO, log_text, newest, status, train_here, write_jsonl
 
 REPLAY = ["daemon.exit_when_idle=true", "data.replay_fraction=0.25", "data.replay_buffer_size=50"]
 
@@ -68,6 +68,7 @@ def test_first_file_trains_only_new_examples_then_a_quarter_is_replayed(replayed
 def test_reservoir_is_bounded_run_state_of_earlier_files(replayed):
     state = json.loads((newest(replayed) / "replay.json").read_text())
     assert state["capacity"] == 50 and len(state["slot_segment"]) == 50 and state["seen"] == 120
+    assert status(replayed)["replay_examples"] == 50
     # Each segment holds only lines of its own file, exactly as delivered, and all of a file's
     # examples kept by the reservoir (a's 40 filled it; b and c replaced some by algorithm R).
     originals = {n: set(write_jsonl(replayed / "x" / f"{n}.jsonl", 40, seed=ord(n)).read_text().splitlines())

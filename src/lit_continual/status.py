@@ -46,6 +46,8 @@ class Status:
             "eval_loss": None, "eval_losses": {}, "eval_step": None, "samples": [],
             # Forgetting of each kept per-file probe at the newest file end (callbacks/forgetting.py).
             "forgetting": {},
+            # The base generation trained on (rebase.py; 0 = model.*) and the replay reservoir's size.
+            "base_generation": 0, "replay_examples": 0,
             "started_at": now(), "updated_at": None,
         }
 

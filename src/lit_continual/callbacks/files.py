@@ -54,7 +54,10 @@ class FileLifecycle(CheckpointListener, L.Callback):
         return "FileLifecycle"
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.ctx.status.update(batch_number=self.dm.ledger.files_started, **self._counts())  # the restored run's
+        generation = getattr(pl_module, "generation", None)
+        self.ctx.status.update(batch_number=self.dm.ledger.files_started, **self._counts(),  # the restored run's
+                               base_generation=generation.number if generation is not None else 0,
+                               replay_examples=len(self.dm.replay) if self.dm.replay is not None else 0)
 
     def _counts(self) -> dict[str, int]:
         """Files done, skipped and failed (abandoned and rejected included) over the whole run."""
@@ -139,6 +142,7 @@ class FileLifecycle(CheckpointListener, L.Callback):
                       type(err).__name__, err)
             self.ctx.status.warn(f"replay: {record.name} was not added to the reservoir: {err}")
             return
+        self.ctx.status.update(replay_examples=len(replay))
         faults.point("replay", step)
         log.info("Replay: %d of the %d trained examples of %s joined the reservoir (%d of %d slots)", kept,
                  record.examples_trained, record.name, len(replay), replay.capacity)

@@ -68,6 +68,7 @@ class Rebase(L.Callback):
         self._restart_step_count(trainer, step)
         pl_module.rebased(rebase.Generation(number, step, files_done), path)
         self.dm.ledger.files_done[-1].rebased_to = number
+        self.ctx.status.update(base_generation=number)
         log.info("Rebased at step %d: the adapter merged into base generation %d (%s) in %.0f ms; a fresh adapter "
                  "and optimizer continue from here", step, number, path, (time.perf_counter() - started) * 1000)
         faults.point("rebase-done", step)
