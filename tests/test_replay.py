@@ -103,16 +103,27 @@ def test_verify_reports_the_reservoir_and_a_missing_segment(replayed, tmp_path):
 
 
 def test_a_segment_deleted_by_hand_trains_with_zero_weight_and_the_run_goes_on(replayed, tmp_path):
+    """...and a file whose name takes all 255 bytes a name may have still gets its probe and its
+    segment (their names are cut, the ordinal keeps them apart)."""
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(replayed, copy)
     (copy / "replay" / "1-a.jsonl").unlink()
-    write_jsonl(copy / "inbox" / "d.jsonl", 16, seed=4)
-    assert train_here(copy, *REPLAY) == 0
+    long_name = "d" * 249 + ".jsonl"
+    write_jsonl(copy / "inbox" / long_name, 20, seed=4)
+    assert train_here(copy, *REPLAY, "eval.holdout_fraction=0.1", "run.allow_config_change=true") == 0
     ledger = json.loads((newest(copy) / "ledger.json").read_text())
-    assert ledger["files_done"][-1]["name"] == "d.jsonl" and ledger["files_done"][-1]["examples_trained"] == 16
+    last = ledger["files_done"][-1]
+    assert (last["name"], last["examples_trained"], last["held_out"], last["status"]) == (long_name, 18, 2, "done")
     assert "Replay segment" in log_text(copy) and "1-a.jsonl cannot be read" in log_text(copy)
+    cut = "4-" + "d" * 200 + ".jsonl"
+    assert (copy / "eval" / "probes" / cut).is_file() and (copy / "replay" / cut).is_file()
+    assert cut in json.loads((newest(copy) / "replay.json").read_text())["segments"]
+    # A segment cut short (a disk that lost its tail) fails verify, naming it.
+    (copy / "replay" / cut).write_bytes(b"")
+    check = next(c for c in verify(copy).checks if c.name == "replay")
+    assert not check.ok and f"replay/{cut} has 0 line(s)" in check.detail
 
 
 def test_replayed_examples_are_packed_like_any_other(tmp_path):

@@ -10,6 +10,7 @@ fewer steps, and are written at the file's end to `DIR/eval/probes/<ordinal>-<na
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from lit_continual.data.file_index import FileIndex
 from lit_continual.ledger import FileRecord
 
 PROBES_DIR = Path("eval") / "probes"  # under the base dir
+MAX_STEM_BYTES = 200  # of a probe's or replay segment's file name (a file name holds 255 bytes)
 HOLDOUT_STREAM = 0x70726F6265  # "probe": the held-out choice's own random stream of the file's seed
 
 
@@ -49,9 +51,12 @@ def training_order(record: FileRecord, shuffle: bool) -> np.ndarray:
 
 
 def probe_name(record: FileRecord) -> str:
-    """`<ordinal>-<name>.jsonl` (the inbox name without its .jsonl): unique per file of the run."""
+    """`<ordinal>-<name>.jsonl` (the inbox name without its .jsonl): unique per file of the run.
+    A long name is cut to MAX_STEM_BYTES (a 255-byte inbox name must still give a valid file name;
+    the ordinal keeps it unique)."""
     stem = record.name[: -len(".jsonl")] if record.name.endswith(".jsonl") else record.name
-    return f"{record.ordinal}-{stem.replace('/', '_')}.jsonl"
+    stem = os.fsdecode(os.fsencode(stem.replace("/", "_"))[:MAX_STEM_BYTES])
+    return f"{record.ordinal}-{stem}.jsonl"
 
 
 def write_probe(base_dir: Path, record: FileRecord, index: FileIndex) -> Path | None:

@@ -227,6 +227,9 @@ def collect_garbage(base_dir: Path, in_use: set[str], checkpoints: list[Path]) -
         keep |= referenced_segments(path)
     removed = []
     for path in directory.iterdir():
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)  # a write a full disk interrupted (segments are written by this thread)
+            continue
         if path.name.startswith(".") or path.name in keep or not path.name.endswith(".jsonl"):
             continue
         try:

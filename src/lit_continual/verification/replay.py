@@ -24,10 +24,17 @@ def reservoir(survey: Survey) -> Check:
     slots, capacity = len(state.get("slot_segment", [])), int(state.get("capacity", 0))
     if slots > capacity:
         problems.append(f"{newest.name}: the reservoir holds {slots} examples, more than its capacity {capacity}")
-    for segment in state.get("segments", []):
-        if not (directory / segment).is_file():
+    needed: dict[int, int] = {}  # segment index -> lines the reservoir needs of it
+    for segment, line in zip(state.get("slot_segment", []), state.get("slot_line", []), strict=False):
+        needed[segment] = max(needed.get(segment, 0), line + 1)
+    for number, segment in enumerate(state.get("segments", [])):
+        path = directory / segment
+        if not path.is_file():
             problems.append(f"{newest.name} refers to {REPLAY_DIR}/{escape(segment)}, which is missing (its "
                             "examples replay with zero weight)")
+        elif (lines := len(path.read_bytes().splitlines())) < needed.get(number, 0):
+            problems.append(f"{REPLAY_DIR}/{escape(segment)} has {lines} line(s); {newest.name} refers to line "
+                            f"{needed[number]} (truncated: the missing examples replay with zero weight)")
     referenced = set()
     for path in survey.intact:
         try:
