@@ -179,3 +179,16 @@ def consistent(base: Path) -> None:
         recorded = json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"]
         expected = base / "base_models" / f"gen-{number}" if number else base / "base_model"
         assert recorded == str(expected.resolve()) and expected.is_dir(), (ckpt.name, number, recorded)
+
+
+def test_verify_reports_the_generations_and_fails_a_missing_one(rebased: Path, tmp_path: Path):
+    from lit_continual.report import verify
+
+    check = next(c for c in verify(rebased).checks if c.name == "base-generations")
+    assert check.ok and check.detail.startswith("checkpoint-18 trains on generation 3; in base_models/: ")
+    assert "gen-3 " in check.detail
+    copy = tmp_path / "run"
+    shutil.copytree(rebased, copy)
+    shutil.rmtree(copy / "base_models" / "gen-3")
+    check = next(c for c in verify(copy).checks if c.name == "base-generations")
+    assert not check.ok and "gen-3 is missing from base_models/ but the newest checkpoint trains on it" in check.detail

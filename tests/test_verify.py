@@ -20,7 +20,7 @@ from tests.conftest import FAST, newest, write_jsonl
 from tests.test_logs_and_report import logging_and_signals_restored
 
 CHECKS = ("checkpoints-complete", "global-step", "retention", "optimizer-step", "scheduler-step", "log-errors",
-          "inbox-trained", "adapter-loads", "replay")
+          "inbox-trained", "adapter-loads", "replay", "base-generations")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ from pathlib import Path
 from lit_continual import atomic, layout
 from lit_continual.claims import claimed_name
 from lit_continual.logs import escape
-from lit_continual.verification import Check, adapter, counters, inbox, log_errors, operator, replay, state
+from lit_continual.verification import Check, adapter, counters, generations, inbox, log_errors, operator, replay, state
 from lit_continual.verification.survey import Survey, global_step
 
 REPORT_FILE = "verification_report.txt"
 # In the guide's order; each takes the Survey and returns a Check.
 CHECKS = (state.complete, state.steps, state.retention, counters.optimizer_step, counters.scheduler_step,
-          log_errors.log_errors, inbox.inbox_trained, adapter.adapter_loads, replay.reservoir)
+          log_errors.log_errors, inbox.inbox_trained, adapter.adapter_loads, replay.reservoir,
+          generations.base_generations)
 
 
 @dataclass

@@ -33,3 +33,8 @@ def verdict(name: str, problems: list[str], passed: str, notes: list[str] | None
         return Check(name, True, passed, notes or [])
     shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return Check(name, False, shown, (problems if len(problems) > 3 else []) + (notes or []))
+
+
+def size_text(size: int) -> str:
+    """Bytes as a report shows them: KiB below a MiB, MiB above."""
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from lit_continual.logs import escape
-from lit_continual.verification import Check, verdict
+from lit_continual.verification import Check, size_text, verdict
 from lit_continual.verification.survey import Survey
 
 STATE_FILE, REPLAY_DIR = "replay.json", "replay"  # data/replay.py's names (torch-free here)
@@ -48,8 +48,5 @@ def reservoir(survey: Survey) -> Check:
              for n in unreferenced]
     return verdict(name, problems, f"{slots} of {capacity} examples from {len(state.get('segments', []))} file(s), "
                                    f"{state.get('seen', 0)} offered; {len(files)} segment(s) in {REPLAY_DIR}/, "
-                                   f"{_size(size)}", notes)
+                                   f"{size_text(size)}", notes)
 
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
