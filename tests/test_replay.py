@@ -149,3 +149,26 @@ def test_replay_lowers_forgetting_of_an_earlier_domain(tmp_path):
     assert without["forgetting"] >= 1.0
     assert replay["forgetting"] <= 0.35 * without["forgetting"]
     assert replay["b_after_b"] - without["b_after_b"] < 0.15
+
+
+def test_a_segment_the_disk_refuses_leaves_the_file_out_of_the_reservoir_and_the_run_goes_on(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    from lit_continual.data import replay
+
+    def full(path, data, durable=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(replay, "atomic", SimpleNamespace(write_bytes=full))  # segments only
+    base = tmp_path / "run"
+    three_files(base, lines=16)
+    assert train_here(base, *REPLAY) == 0
+    ledger = json.loads((newest(base) / "ledger.json").read_text())
+    # Nothing ever joined the reservoir: no file replays, every file takes its plain 2 steps.
+    assert [(r["first_step"], r["last_step"], r["replayed"]) for r in ledger["files_done"]] == \
+        [(1, 2, 0), (3, 4, 0), (5, 6, 0)]
+    state = json.loads((newest(base) / "replay.json").read_text())
+    assert (state["seen"], state["segments"], state["slot_segment"]) == (0, [], [])
+    assert "Replay: the examples of a.jsonl could not be added to the reservoir: OSError" in log_text(base)
+    assert any("replay: a.jsonl was not added to the reservoir" in w for w in status(base)["warnings"])
